@@ -1,0 +1,141 @@
+/**
+ * The Deno backend of the `Sys` seam: libc through Deno.dlopen.
+ *
+ * errno is read through an Int32Array over `__errno_location()`, fetched once, straight after each
+ * call that failed. No symbol whose errno matters is `nonblocking` (that would run it on another
+ * thread, with another errno).
+ *
+ * @module
+ */
+import type { RawMmio, Sys } from "../lib/sys.ts";
+import { ACCESSOR_SYMBOLS, accessorElf } from "./accessor_elf.ts";
+import { nodeFs } from "./fs.ts";
+
+const libc = Deno.dlopen("libc.so.6", {
+  open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+  ioctl_ptr: { name: "ioctl", parameters: ["i32", "u32", "buffer"], result: "i32" },
+  ioctl_int: { name: "ioctl", parameters: ["i32", "u32", "u64"], result: "i32" },
+  pread: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
+  pwrite: { parameters: ["i32", "buffer", "usize", "i64"], result: "isize" },
+  read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  // Runs on a helper thread so that an eventfd wait does not block the event loop. Its errno is
+  // that thread's and is not read; a failure reports EIO.
+  read_async: { name: "read", parameters: ["i32", "buffer", "usize"], result: "isize", nonblocking: true },
+  write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
+  munmap: { parameters: ["pointer", "usize"], result: "i32" },
+  eventfd: { parameters: ["u32", "i32"], result: "i32" },
+  poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
+  getrlimit: { parameters: ["i32", "buffer"], result: "i32" },
+  getpagesize: { parameters: [], result: "i32" },
+  memfd_create: { parameters: ["buffer", "u32"], result: "i32" },
+  dlerror: { parameters: [], result: "pointer" },
+  __errno_location: { parameters: [], result: "pointer" },
+});
+const sym = libc.symbols;
+
+// SAFETY: __errno_location() returns the calling thread's errno slot, valid for the thread's
+// lifetime; all calls below that read it run on this same thread.
+const errnoCell = new Int32Array(Deno.UnsafePointerView.getArrayBuffer(sym.__errno_location()!, 4));
+
+const cstr = (s: string) => new TextEncoder().encode(s + "\0");
+const fail = () => -errnoCell[0]!;
+const ret = (r: number | bigint) => (Number(r) < 0 ? fail() : Number(r));
+const MAP_FAILED = 0xffffffffffffffffn;
+
+type Accessors = Deno.DynamicLibrary<{
+  vfio_ts_rd8: { parameters: ["pointer", "u32"]; result: "u8" };
+  vfio_ts_rd16: { parameters: ["pointer", "u32"]; result: "u16" };
+  vfio_ts_rd32: { parameters: ["pointer", "u32"]; result: "u32" };
+  vfio_ts_rd64: { parameters: ["pointer", "u32"]; result: "u64" };
+  vfio_ts_wr8: { parameters: ["pointer", "u32", "u8"]; result: "void" };
+  vfio_ts_wr16: { parameters: ["pointer", "u32", "u16"]; result: "void" };
+  vfio_ts_wr32: { parameters: ["pointer", "u32", "u32"]; result: "void" };
+  vfio_ts_wr64: { parameters: ["pointer", "u32", "u32", "u32"]; result: "void" };
+}>;
+
+let accessors: Accessors | null | undefined;
+function loadAccessors(): Accessors | null {
+  if (accessors !== undefined) return accessors;
+  accessors = null;
+  const elf = accessorElf(Deno.build.arch === "x86_64" ? "x64" : Deno.build.arch);
+  if (!elf) return null;
+  const fd = sym.memfd_create(cstr("vfio-ts-mmio"), 1 /* MFD_CLOEXEC */);
+  if (fd < 0) return null;
+  try {
+    if (Number(sym.write(fd, elf, BigInt(elf.length))) !== elf.length) return null;
+    accessors = Deno.dlopen(`/proc/self/fd/${fd}`, {
+      vfio_ts_rd8: { parameters: ["pointer", "u32"], result: "u8" },
+      vfio_ts_rd16: { parameters: ["pointer", "u32"], result: "u16" },
+      vfio_ts_rd32: { parameters: ["pointer", "u32"], result: "u32" },
+      vfio_ts_rd64: { parameters: ["pointer", "u32"], result: "u64" },
+      vfio_ts_wr8: { parameters: ["pointer", "u32", "u8"], result: "void" },
+      vfio_ts_wr16: { parameters: ["pointer", "u32", "u16"], result: "void" },
+      vfio_ts_wr32: { parameters: ["pointer", "u32", "u32"], result: "void" },
+      vfio_ts_wr64: { parameters: ["pointer", "u32", "u32", "u32"], result: "void" },
+    } satisfies Record<(typeof ACCESSOR_SYMBOLS)[number], Deno.ForeignFunction>);
+  } catch {
+    accessors = null;
+  } finally {
+    sym.close(fd);
+  }
+  return accessors;
+}
+
+/** The Deno implementation of {@link Sys}. */
+export const denoSys: Sys = {
+  name: "deno",
+  pageSize: sym.getpagesize(),
+  open: (path, flags) => ret(sym.open(cstr(path), flags, 0)),
+  close: (fd) => ret(sym.close(fd)),
+  ioctlPtr: (fd, request, arg) => ret(sym.ioctl_ptr(fd, request, arg)),
+  ioctlInt: (fd, request, arg) => ret(sym.ioctl_int(fd, request, BigInt(arg))),
+  pread: (fd, buf, offset) => ret(sym.pread(fd, buf, BigInt(buf.length), BigInt(offset))),
+  pwrite: (fd, buf, offset) => ret(sym.pwrite(fd, buf, BigInt(buf.length), BigInt(offset))),
+  read: (fd, buf) => ret(sym.read(fd, buf, BigInt(buf.length))),
+  readAsync: async (fd, buf) => {
+    const r = Number(await sym.read_async(fd, buf, BigInt(buf.length)));
+    return r < 0 ? -5 /* EIO */ : r;
+  },
+  write: (fd, buf) => ret(sym.write(fd, buf, BigInt(buf.length))),
+  mmap: (length, prot, flags, fd, offset) => {
+    const p = sym.mmap(null, BigInt(length), prot, flags, fd, BigInt(offset));
+    const addr = BigInt(Deno.UnsafePointer.value(p));
+    return addr === MAP_FAILED ? BigInt(fail()) : addr;
+  },
+  munmap: (address, length) => ret(sym.munmap(Deno.UnsafePointer.create(address), BigInt(length))),
+  memory: (address, length) =>
+    // SAFETY: the caller owns a live mapping of at least `length` bytes at `address` and detaches
+    // this buffer before unmapping it (lib/dma.ts, lib/region.ts).
+    Deno.UnsafePointerView.getArrayBuffer(Deno.UnsafePointer.create(address)!, length),
+  mmio: (address, _length) => {
+    const a = loadAccessors();
+    if (!a) return undefined;
+    // SAFETY: `address` is the start of a live mapping; lib/region.ts bounds-checks every offset
+    // against its length before calling, and drops this accessor before unmapping.
+    const base = Deno.UnsafePointer.create(address);
+    const s = a.symbols;
+    return {
+      read8: (o) => s.vfio_ts_rd8(base, o),
+      read16: (o) => s.vfio_ts_rd16(base, o),
+      read32: (o) => s.vfio_ts_rd32(base, o),
+      read64: (o) => BigInt(s.vfio_ts_rd64(base, o)),
+      write8: (o, v) => s.vfio_ts_wr8(base, o, v),
+      write16: (o, v) => s.vfio_ts_wr16(base, o, v),
+      write32: (o, v) => s.vfio_ts_wr32(base, o, v),
+      write64: (o, v) => s.vfio_ts_wr64(base, o, Number(v & 0xffffffffn), Number(v >> 32n)),
+    } satisfies RawMmio;
+  },
+  eventfd: (initval, flags) => ret(sym.eventfd(initval, flags)),
+  poll: (fds, nfds, timeoutMs) => ret(sym.poll(fds, BigInt(nfds), timeoutMs)),
+  getrlimit: (resource, out) => ret(sym.getrlimit(resource, out)),
+  getenv: (name) => {
+    try {
+      return Deno.env.get(name);
+    } catch {
+      return undefined; // no --allow-env: treat as unset
+    }
+  },
+  ...nodeFs,
+};

@@ -1,0 +1,363 @@
+/**
+ * A VFIO container (/dev/vfio/vfio): the legacy type1 IOMMU backend, also used for no-IOMMU mode.
+ *
+ * @module
+ */
+import { capabilityChain } from "./caps.ts";
+import { VfioError } from "./errors.ts";
+import { type OwnedFd, openFd } from "./fd.ts";
+import type { VfioDevice } from "./device.ts";
+import { VfioGroup } from "./group.ts";
+import { type DmaAccess, IommuBase, type IovaRange } from "./iommu.ts";
+import { memlockHint } from "./limits.ts";
+import type { Sys } from "./sys.ts";
+import { iommuGroupOf } from "./sysfs.ts";
+import { O_CLOEXEC, O_RDWR } from "./uapi/libc.ts";
+import {
+  VFIO_API_VERSION,
+  VFIO_CHECK_EXTENSION,
+  VFIO_DMA_MAP_FLAG_READ,
+  VFIO_DMA_MAP_FLAG_WRITE,
+  VFIO_DMA_UNMAP_FLAG_ALL,
+  VFIO_GET_API_VERSION,
+  VFIO_IOMMU_GET_INFO,
+  VFIO_IOMMU_INFO_CAPS,
+  VFIO_IOMMU_INFO_PGSIZES,
+  VFIO_IOMMU_MAP_DMA,
+  VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
+  VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL,
+  VFIO_IOMMU_UNMAP_DMA,
+  VFIO_NOIOMMU_IOMMU,
+  VFIO_SET_IOMMU,
+  VFIO_TYPE1_IOMMU,
+  VFIO_TYPE1v2_IOMMU,
+  VFIO_UNMAP_ALL,
+  vfio_iommu_type1_dma_map,
+  vfio_iommu_type1_dma_unmap,
+  vfio_iommu_type1_info,
+  vfio_iommu_type1_info_cap_iova_range,
+  vfio_iommu_type1_info_dma_avail,
+  vfio_iova_range,
+} from "./uapi/vfio.ts";
+
+/** The container node. */
+export const VFIO_CONTAINER_PATH = "/dev/vfio/vfio";
+
+/** What VFIO_IOMMU_GET_INFO reports. */
+export interface IommuInfo {
+  /** Bitmap of supported IOMMU page sizes. */
+  pageSizes: bigint;
+  /** The usable IOVA ranges (the whole 64-bit space when the kernel reports none). */
+  iovaRanges: IovaRange[];
+  /** How many more DMA mappings the container accepts, when the kernel says. */
+  dmaAvail: number | undefined;
+}
+
+/** Options for {@link VfioContainer.open}. */
+export interface ContainerOptions {
+  /**
+   * The IOMMU type to set (VFIO_TYPE1v2_IOMMU, VFIO_TYPE1_IOMMU or VFIO_NOIOMMU_IOMMU). Default:
+   * no-IOMMU for a noiommu group, else TYPE1v2 when the kernel has it, else TYPE1.
+   */
+  iommuType?: number;
+}
+
+const TYPE_NAMES: Record<number, string> = {
+  [VFIO_TYPE1_IOMMU]: "type1",
+  [VFIO_TYPE1v2_IOMMU]: "type1v2",
+  [VFIO_NOIOMMU_IOMMU]: "noiommu",
+};
+
+const WHOLE_SPACE: IovaRange[] = [{ start: 0n, last: 0xffffffffffffffffn }];
+
+/**
+ * A VFIO container. Groups attach to it; once one has, the IOMMU type is set and DMA can be mapped.
+ *
+ * @example
+ * ```ts ignore
+ * using container = VfioContainer.open(sys);
+ * const device = container.openDevice("0000:00:04.0"); // opens and attaches the group, sets the IOMMU
+ * console.log(container.kind, container.iovaRanges());
+ * ```
+ */
+export class VfioContainer extends IommuBase {
+  readonly #fd: OwnedFd;
+  readonly #groups = new Set<VfioGroup>();
+  /** Groups this container opened itself (in openDevice), closed with it. */
+  readonly #ownGroups = new Map<number, VfioGroup>();
+  #type: number | undefined;
+  #info: IommuInfo | undefined;
+  readonly path: string = VFIO_CONTAINER_PATH;
+
+  private constructor(readonly sys: Sys, fd: OwnedFd, readonly options: ContainerOptions) {
+    super();
+    this.#fd = fd;
+  }
+
+  /**
+   * Opens /dev/vfio/vfio and checks the API version.
+   *
+   * @param sys The syscall backend.
+   * @param options The IOMMU type to use, if not the default.
+   * @returns The container.
+   * @throws {VfioError} If VFIO is missing or the API version is not VFIO_API_VERSION.
+   */
+  static open(sys: Sys, options: ContainerOptions = {}): VfioContainer {
+    const fd = openFd(sys, VFIO_CONTAINER_PATH, O_RDWR | O_CLOEXEC, (code) => {
+      if (code === "ENOENT" || code === "ENODEV") {
+        return "VFIO is not available: modprobe vfio-pci (CONFIG_VFIO, CONFIG_VFIO_CONTAINER)";
+      }
+      if (code === "EACCES") return "run as root, or give your user access to /dev/vfio/vfio";
+      return undefined;
+    });
+    try {
+      const version = fd.ioctl(VFIO_GET_API_VERSION, 0, "VFIO_GET_API_VERSION", "get the VFIO API version");
+      if (version !== VFIO_API_VERSION) {
+        throw new VfioError({
+          op: "VFIO_GET_API_VERSION",
+          errno: 22,
+          path: VFIO_CONTAINER_PATH,
+          action: `use VFIO API version ${version}`,
+          hint: `this library speaks version ${VFIO_API_VERSION}`,
+        });
+      }
+      return new VfioContainer(sys, fd, options);
+    } catch (e) {
+      fd.close();
+      throw e;
+    }
+  }
+
+  /** The container fd. @throws {TypeError} If closed. */
+  get fd(): number {
+    return this.#fd.fd;
+  }
+
+  /** `"type1v2"`, `"type1"` or `"noiommu"` once the IOMMU is set, `"unset"` before. */
+  get kind(): string {
+    return this.#type === undefined ? "unset" : TYPE_NAMES[this.#type] ?? `type${this.#type}`;
+  }
+
+  get translates(): boolean {
+    return this.#type !== VFIO_NOIOMMU_IOMMU;
+  }
+
+  get iommuPageSize(): bigint {
+    const sizes = this.#type !== undefined && this.translates ? this.info().pageSizes : 0n;
+    return sizes === 0n ? BigInt(this.sys.pageSize) : sizes & -sizes;
+  }
+
+  protected get alive(): boolean {
+    return this.#type !== undefined && this.#groups.size > 0;
+  }
+
+  /**
+   * Asks whether the kernel supports an extension or IOMMU type (VFIO_CHECK_EXTENSION).
+   *
+   * @param extension E.g. VFIO_TYPE1v2_IOMMU or VFIO_UNMAP_ALL.
+   * @returns Whether it is supported.
+   */
+  checkExtension(extension: number): boolean {
+    return this.#fd.ioctl(VFIO_CHECK_EXTENSION, extension, "VFIO_CHECK_EXTENSION", "check an extension") > 0;
+  }
+
+  /** The groups attached to this container. */
+  get groups(): ReadonlySet<VfioGroup> {
+    return this.#groups;
+  }
+
+  /** Called by {@link VfioGroup.setContainer}. @internal */
+  groupAttached(group: VfioGroup): void {
+    this.#groups.add(group);
+  }
+
+  /**
+   * Called when a group leaves (unset, or closed with no device left). When the last one leaves,
+   * the kernel drops the IOMMU and every mapping with it. @internal
+   */
+  groupDetached(group: VfioGroup): void {
+    this.#groups.delete(group);
+    for (const [n, g] of this.#ownGroups) if (g === group) this.#ownGroups.delete(n);
+    if (this.#groups.size === 0) {
+      this.#type = undefined;
+      this.#info = undefined;
+      this.forgetMappings();
+    }
+  }
+
+  /**
+   * Sets the IOMMU type (VFIO_SET_IOMMU). Needs at least one attached group.
+   *
+   * @param type The type; default as described in {@link ContainerOptions.iommuType}.
+   * @throws {VfioError} If the kernel refuses (e.g. EPERM without interrupt remapping).
+   */
+  setIommu(type: number | undefined = this.options.iommuType): void {
+    this.assertOpen();
+    if (this.#type !== undefined) {
+      if (type === undefined || type === this.#type) return;
+      throw new TypeError(`Cannot set IOMMU type ${type}: the container already uses ${this.kind}`);
+    }
+    if (this.#groups.size === 0) {
+      throw new TypeError("Cannot set the IOMMU type: attach a group to the container first");
+    }
+    const noiommu = [...this.#groups].some((g) => g.noiommu);
+    const chosen = type ??
+      (noiommu
+        ? VFIO_NOIOMMU_IOMMU
+        : this.checkExtension(VFIO_TYPE1v2_IOMMU)
+        ? VFIO_TYPE1v2_IOMMU
+        : VFIO_TYPE1_IOMMU);
+    this.#fd.ioctl(VFIO_SET_IOMMU, chosen, "VFIO_SET_IOMMU", `set IOMMU type ${chosen}`, (code) => {
+      if (code === "EPERM" && chosen !== VFIO_NOIOMMU_IOMMU) {
+        return "the IOMMU has no interrupt remapping, which VFIO requires to isolate MSIs; enable it " +
+          "(intel_iommu=on with intremap, or amd_iommu=on) or, if you accept the risk, load " +
+          "vfio_iommu_type1 with allow_unsafe_interrupts=1 (dmesg says \"No interrupt remapping support\")";
+      }
+      if (code === "EINVAL" || code === "ENODEV") {
+        return `the kernel has no IOMMU type ${chosen}: see VFIO_CHECK_EXTENSION, or modprobe vfio_iommu_type1`;
+      }
+      return undefined;
+    });
+    this.#type = chosen;
+  }
+
+  /**
+   * Reads VFIO_IOMMU_GET_INFO with its capabilities (IOVA ranges, DMA_AVAIL), re-querying with the
+   * size the kernel asks for.
+   *
+   * @returns The page sizes, IOVA ranges and remaining mapping count.
+   * @throws {TypeError} If no IOMMU type is set yet.
+   */
+  info(): IommuInfo {
+    this.assertOpen();
+    if (this.#type === undefined) throw new TypeError("Cannot get IOMMU info: set the IOMMU type first");
+    if (!this.translates) return { pageSizes: 0n, iovaRanges: [], dmaAvail: undefined };
+    if (this.#info) return { ...this.#info, dmaAvail: this.#readInfo().dmaAvail };
+    this.#info = this.#readInfo();
+    return this.#info;
+  }
+
+  #readInfo(): IommuInfo {
+    let info = vfio_iommu_type1_info.alloc();
+    this.#fd.ioctl(VFIO_IOMMU_GET_INFO, info.bytes, "VFIO_IOMMU_GET_INFO", "get IOMMU info");
+    const argsz = info.get("argsz");
+    if (argsz > info.bytes.length) {
+      if (argsz > 1 << 20) throw new RangeError(`Cannot get IOMMU info: the kernel asks for ${argsz} bytes`);
+      info = vfio_iommu_type1_info.alloc(argsz - vfio_iommu_type1_info.size);
+      this.#fd.ioctl(VFIO_IOMMU_GET_INFO, info.bytes, "VFIO_IOMMU_GET_INFO", "get IOMMU info");
+    }
+    const flags = info.get("flags");
+    const result: IommuInfo = {
+      pageSizes: flags & VFIO_IOMMU_INFO_PGSIZES ? info.get("iova_pgsizes") : 0n,
+      iovaRanges: WHOLE_SPACE,
+      dmaAvail: undefined,
+    };
+    if (!(flags & VFIO_IOMMU_INFO_CAPS)) return result;
+    for (const cap of capabilityChain(info.bytes, info.get("cap_offset"), vfio_iommu_type1_info.size)) {
+      const region = info.bytes.subarray(cap.offset, cap.offset + cap.length);
+      if (cap.id === VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE) {
+        const n = vfio_iommu_type1_info_cap_iova_range.at(region).get("nr_iovas");
+        const base = vfio_iommu_type1_info_cap_iova_range.size;
+        if (base + n * vfio_iova_range.size > region.length) {
+          throw new RangeError(`Cannot parse the IOVA range capability: ${n} ranges overrun it`);
+        }
+        result.iovaRanges = Array.from({ length: n }, (_, i) => {
+          const r = vfio_iova_range.at(region, base + i * vfio_iova_range.size);
+          return { start: r.get("start"), last: r.get("end") };
+        });
+      } else if (cap.id === VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL) {
+        result.dmaAvail = vfio_iommu_type1_info_dma_avail.at(region).get("avail");
+      }
+    }
+    return result;
+  }
+
+  protected doIovaRanges(): IovaRange[] {
+    this.#requireIommu("list IOVA ranges");
+    return this.info().iovaRanges.map((r) => ({ ...r }));
+  }
+
+  protected doMap(vaddr: bigint, iova: bigint, size: bigint, access: DmaAccess): void {
+    const m = vfio_iommu_type1_dma_map.alloc();
+    m.set("flags", (access.read ? VFIO_DMA_MAP_FLAG_READ : 0) | (access.write ? VFIO_DMA_MAP_FLAG_WRITE : 0));
+    m.set("vaddr", vaddr).set("iova", iova).set("size", size);
+    this.#fd.ioctl(
+      VFIO_IOMMU_MAP_DMA,
+      m.bytes,
+      "VFIO_IOMMU_MAP_DMA",
+      `map DMA at iova 0x${iova.toString(16)} (size 0x${size.toString(16)})`,
+      (code) => {
+        if (code === "ENOMEM" || code === "EAGAIN") return memlockHint(this.sys, size);
+        if (code === "ENOSPC") {
+          return "the container's DMA mapping limit is reached (vfio_iommu_type1 dma_entry_limit, " +
+            "default 65535): use fewer, larger mappings";
+        }
+        if (code === "EEXIST") return "the IOVA range overlaps an existing mapping";
+        if (code === "EFAULT") return "the virtual address range is not mapped in this process";
+        return undefined;
+      },
+    );
+  }
+
+  protected doUnmap(iova: bigint, size: bigint): void {
+    const u = vfio_iommu_type1_dma_unmap.alloc();
+    u.set("iova", iova).set("size", size);
+    this.#fd.ioctl(VFIO_IOMMU_UNMAP_DMA, u.bytes, "VFIO_IOMMU_UNMAP_DMA", `unmap DMA at iova 0x${iova.toString(16)}`);
+  }
+
+  protected doUnmapAll(): void {
+    if (this.checkExtension(VFIO_UNMAP_ALL)) {
+      const u = vfio_iommu_type1_dma_unmap.alloc();
+      u.set("flags", VFIO_DMA_UNMAP_FLAG_ALL);
+      this.#fd.ioctl(VFIO_IOMMU_UNMAP_DMA, u.bytes, "VFIO_IOMMU_UNMAP_DMA", "unmap all DMA");
+      return;
+    }
+    for (const [iova, size] of this.mappings) this.doUnmap(iova, size);
+  }
+
+  #requireIommu(action: string): void {
+    if (this.#type === undefined) throw new TypeError(`Cannot ${action}: set the IOMMU type first`);
+    if (!this.translates) {
+      throw new VfioError({
+        op: "VFIO_IOMMU_MAP_DMA",
+        errno: 22,
+        path: this.path,
+        action,
+        hint: "no-IOMMU mode has no IOMMU translation to program: the device sees physical addresses",
+      });
+    }
+  }
+
+  override mapDma(vaddr: bigint, iova: bigint, size: bigint, access?: DmaAccess): void {
+    this.assertOpen();
+    this.#requireIommu(`map DMA at iova 0x${iova.toString(16)}`);
+    super.mapDma(vaddr, iova, size, access);
+  }
+
+  protected doOpenDevice(bdf: string): VfioDevice {
+    const number = iommuGroupOf(this.sys, bdf);
+    let group = this.#ownGroups.get(number) ?? [...this.#groups].find((g) => g.group === number);
+    let opened = false;
+    if (!group) {
+      group = VfioGroup.open(this.sys, number);
+      opened = true;
+    }
+    try {
+      group.setContainer(this);
+      this.setIommu();
+      if (opened) this.#ownGroups.set(number, group);
+      return group.getDevice(bdf);
+    } catch (e) {
+      if (opened) group.close();
+      throw e;
+    }
+  }
+
+  protected release(): void {
+    try {
+      for (const g of [...this.#ownGroups.values()].reverse()) g.close();
+    } finally {
+      this.#fd.close();
+    }
+  }
+}

@@ -1,0 +1,326 @@
+/**
+ * A VFIO device fd: info, regions, registers, interrupts, reset and features.
+ *
+ * @module
+ */
+import { VfioError } from "./errors.ts";
+import type { OwnedFd } from "./fd.ts";
+import { readIrqInfo, type IrqInfo, VfioIrq } from "./irq.ts";
+import type { Registers } from "./mmio.ts";
+import { PciConfig } from "./pci.ts";
+import { readRegionInfo, type RegionInfo, VfioRegion } from "./region.ts";
+import type { Sys } from "./sys.ts";
+import {
+  VFIO_DEVICE_FEATURE,
+  VFIO_DEVICE_FEATURE_PROBE,
+  VFIO_DEVICE_FLAGS_PCI,
+  VFIO_DEVICE_FLAGS_RESET,
+  VFIO_DEVICE_GET_INFO,
+  VFIO_DEVICE_GET_PCI_HOT_RESET_INFO,
+  VFIO_DEVICE_PCI_HOT_RESET,
+  VFIO_DEVICE_RESET,
+  VFIO_PCI_CONFIG_REGION_INDEX,
+  VFIO_PCI_HOT_RESET_FLAG_DEV_ID,
+  vfio_device_feature,
+  vfio_device_info,
+  vfio_pci_dependent_device,
+  vfio_pci_hot_reset,
+  vfio_pci_hot_reset_info,
+} from "./uapi/vfio.ts";
+
+/** What VFIO_DEVICE_GET_INFO reports. */
+export interface DeviceInfo {
+  /** VFIO_DEVICE_FLAGS_* bits. */
+  flags: number;
+  /** Number of region indexes. */
+  numRegions: number;
+  /** Number of IRQ indexes. */
+  numIrqs: number;
+  /** A vfio-pci device. */
+  pci: boolean;
+  /** VFIO_DEVICE_RESET is supported. */
+  reset: boolean;
+}
+
+/** A device affected by a hot reset (VFIO_DEVICE_GET_PCI_HOT_RESET_INFO). */
+export interface HotResetDependent {
+  /** Its PCI address. */
+  bdf: string;
+  /** Its IOMMU group (legacy), or its iommufd device ID when `devid` is true. */
+  id: number;
+  /** Whether `id` is an iommufd device ID (cdev path) rather than a group number. */
+  devid: boolean;
+}
+
+/** Options for {@link VfioDevice.registers}. */
+export interface RegistersOptions {
+  /**
+   * `"auto"` (default) uses the mmap fast path where the region and backend allow it;
+   * `"pread"` sends every access through the kernel. VFIO_TS_MMIO=pread in the environment forces
+   * `"pread"` everywhere.
+   */
+  path?: "auto" | "pread";
+}
+
+/**
+ * An open VFIO device.
+ *
+ * Closing it closes, in reverse order of setup, its interrupts, its register mappings and its fd;
+ * views and accessors made from it then throw instead of touching freed memory.
+ *
+ * @example
+ * ```ts ignore
+ * using device = container.openDevice("0000:00:04.0");
+ * using bar0 = device.registers(0);
+ * console.log(bar0.read32(0).toString(16));
+ * ```
+ */
+export class VfioDevice implements Disposable {
+  readonly #fd: OwnedFd;
+  readonly #regions = new Map<number, VfioRegion>();
+  readonly #irqs = new Set<VfioIrq>();
+  readonly #onClose: (() => void)[] = [];
+  #info: DeviceInfo | undefined;
+  #config: PciConfig | undefined;
+
+  /**
+   * Wraps a device fd (from a group, or a bound cdev).
+   *
+   * @param sys The syscall backend.
+   * @param fd The device fd, now owned by this object.
+   * @param name The device's name, its PCI address for vfio-pci.
+   */
+  constructor(readonly sys: Sys, fd: OwnedFd, readonly name: string) {
+    this.#fd = fd;
+  }
+
+  /** The device fd. @throws {TypeError} If closed. */
+  get fd(): number {
+    return this.#fd.fd;
+  }
+
+  /** The owned fd, for the IOMMU backends. @internal */
+  get ownedFd(): OwnedFd {
+    return this.#fd;
+  }
+
+  /** Whether {@link close} has run. */
+  get closed(): boolean {
+    return this.#fd.closed;
+  }
+
+  /**
+   * Reads VFIO_DEVICE_GET_INFO (cached).
+   *
+   * @returns The flags and the region and IRQ counts.
+   */
+  info(): DeviceInfo {
+    if (this.#info) return this.#info;
+    const s = vfio_device_info.alloc();
+    this.#fd.ioctl(VFIO_DEVICE_GET_INFO, s.bytes, "VFIO_DEVICE_GET_INFO", `get info of ${this.name}`);
+    const flags = s.get("flags");
+    this.#info = {
+      flags,
+      numRegions: s.get("num_regions"),
+      numIrqs: s.get("num_irqs"),
+      pci: (flags & VFIO_DEVICE_FLAGS_PCI) !== 0,
+      reset: (flags & VFIO_DEVICE_FLAGS_RESET) !== 0,
+    };
+    return this.#info;
+  }
+
+  /**
+   * A region by index.
+   *
+   * @param index The region index, below `info().numRegions`.
+   * @returns The region (cached).
+   * @throws {RangeError} If the index is out of range.
+   */
+  region(index: number): VfioRegion {
+    const n = this.info().numRegions;
+    if (!Number.isInteger(index) || index < 0 || index >= n) {
+      throw new RangeError(`Cannot use region ${index} of ${this.name}: it has regions 0..${n - 1}`);
+    }
+    let r = this.#regions.get(index);
+    if (!r) {
+      r = new VfioRegion(this.sys, this.#fd, readRegionInfo(this.#fd, index), `${this.name} region ${index}`);
+      this.#regions.set(index, r);
+    }
+    return r;
+  }
+
+  /**
+   * Region info with capabilities parsed.
+   *
+   * @param index The region index.
+   * @returns The info.
+   */
+  regionInfo(index: number): RegionInfo {
+    return this.region(index).info;
+  }
+
+  /**
+   * Width-exact, bounds-checked access to a region's registers (usually a BAR).
+   *
+   * @param index The region index (0–5 for BARs).
+   * @param options Which access path to use.
+   * @returns The registers; closed with the device.
+   */
+  registers(index: number, options: RegistersOptions = {}): Registers {
+    const forced = this.sys.getenv("VFIO_TS_MMIO") === "pread";
+    return this.region(index).registers(forced ? "pread" : options.path ?? "auto");
+  }
+
+  /** PCI configuration space (the config region), read and written through the kernel. */
+  get config(): PciConfig {
+    this.#config ??= new PciConfig(this.region(VFIO_PCI_CONFIG_REGION_INDEX));
+    return this.#config;
+  }
+
+  /**
+   * Reads VFIO_DEVICE_GET_IRQ_INFO.
+   *
+   * @param index The IRQ index.
+   * @returns The info.
+   * @throws {RangeError} If the index is out of range.
+   */
+  irqInfo(index: number): IrqInfo {
+    const n = this.info().numIrqs;
+    if (!Number.isInteger(index) || index < 0 || index >= n) {
+      throw new RangeError(`Cannot use IRQ index ${index} of ${this.name}: it has indexes 0..${n - 1}`);
+    }
+    return readIrqInfo(this.#fd, index);
+  }
+
+  /**
+   * Enables vectors of an IRQ index, each signalling an eventfd.
+   *
+   * @param index The IRQ index (VFIO_PCI_INTX_IRQ_INDEX, _MSI_, _MSIX_ …).
+   * @param count How many vectors, from 0.
+   * @returns The enabled IRQ; closing it disables the index.
+   */
+  enableIrq(index: number, count = 1): VfioIrq {
+    const irq = new VfioIrq(this.sys, this.#fd, this.irqInfo(index), count, () => this.#irqs.delete(irq));
+    this.#irqs.add(irq);
+    return irq;
+  }
+
+  /**
+   * Resets the device (VFIO_DEVICE_RESET). Interrupt setup is cleared; call {@link VfioIrq.rearm}.
+   *
+   * @throws {VfioError} If the device has no reset method or the reset fails.
+   */
+  reset(): void {
+    if (!this.info().reset) {
+      throw new VfioError({
+        op: "VFIO_DEVICE_RESET",
+        errno: 25,
+        path: this.#fd.path,
+        action: `reset ${this.name}`,
+        hint: "the device has no function-level reset method (FLR, PM or bus reset); try hotReset()",
+      });
+    }
+    this.#fd.ioctl(VFIO_DEVICE_RESET, 0, "VFIO_DEVICE_RESET", `reset ${this.name}`);
+  }
+
+  /**
+   * Lists the devices a PCI hot (bus) reset of this device would also reset.
+   *
+   * @returns The affected devices.
+   * @throws {VfioError} If the device cannot be hot reset (ENODEV: no bus or slot reset).
+   */
+  hotResetInfo(): HotResetDependent[] {
+    let s = vfio_pci_hot_reset_info.alloc();
+    const query = () => {
+      try {
+        this.#fd.ioctl(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, s.bytes, "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO", `get hot reset info of ${this.name}`);
+        return true;
+      } catch (e) {
+        if (e instanceof VfioError && e.code === "ENOSPC") return false;
+        throw e;
+      }
+    };
+    if (!query()) {
+      const count = s.get("count");
+      if (count > 256) throw new RangeError(`Cannot get hot reset info: the kernel reports ${count} devices`);
+      s = vfio_pci_hot_reset_info.alloc(count * vfio_pci_dependent_device.size);
+      query();
+    }
+    const devid = (s.get("flags") & VFIO_PCI_HOT_RESET_FLAG_DEV_ID) !== 0;
+    const h = (n: number, w: number) => n.toString(16).padStart(w, "0");
+    return Array.from({ length: s.get("count") }, (_, i) => {
+      const d = vfio_pci_dependent_device.at(s.bytes, vfio_pci_hot_reset_info.size + i * vfio_pci_dependent_device.size);
+      const devfn = d.get("devfn");
+      return {
+        bdf: `${h(d.get("segment"), 4)}:${h(d.get("bus"), 2)}:${h(devfn >> 3, 2)}.${devfn & 7}`,
+        id: d.get("group_id") | 0,
+        devid,
+      };
+    });
+  }
+
+  /**
+   * Hot resets the bus or slot (VFIO_DEVICE_PCI_HOT_RESET).
+   *
+   * @param groupFds With the legacy backend, the fds of every group in {@link hotResetInfo}; with
+   *   iommufd (cdev), none: the kernel checks that the caller owns every affected device.
+   * @throws {VfioError} If the kernel refuses (EPERM: an affected device is not owned).
+   */
+  hotReset(groupFds: readonly number[] = []): void {
+    const s = vfio_pci_hot_reset.alloc(4 * groupFds.length);
+    s.set("count", groupFds.length);
+    groupFds.forEach((fd, i) => s.view.setInt32(vfio_pci_hot_reset.size + 4 * i, fd, true));
+    this.#fd.ioctl(VFIO_DEVICE_PCI_HOT_RESET, s.bytes, "VFIO_DEVICE_PCI_HOT_RESET", `hot reset ${this.name}`, (code) =>
+      code === "EPERM" || code === "EINVAL"
+        ? "every device the reset affects must be owned by this process: see hotResetInfo()"
+        : undefined);
+  }
+
+  /**
+   * Probes a device feature (VFIO_DEVICE_FEATURE with VFIO_DEVICE_FEATURE_PROBE).
+   *
+   * @param feature The feature index, e.g. VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY.
+   * @param flags VFIO_DEVICE_FEATURE_GET and/or _SET: which directions to ask about.
+   * @returns Whether the device supports the feature in those directions.
+   * @throws {VfioError} On errors other than "not supported" (ENOTTY, EINVAL, EOPNOTSUPP).
+   */
+  featureSupported(feature: number, flags: number): boolean {
+    const s = vfio_device_feature.alloc();
+    s.set("flags", feature | flags | VFIO_DEVICE_FEATURE_PROBE);
+    try {
+      this.#fd.ioctl(VFIO_DEVICE_FEATURE, s.bytes, "VFIO_DEVICE_FEATURE", `probe feature ${feature} of ${this.name}`);
+      return true;
+    } catch (e) {
+      if (e instanceof VfioError && ["ENOTTY", "EINVAL", "EOPNOTSUPP"].includes(e.code)) return false;
+      throw e;
+    }
+  }
+
+  /**
+   * Registers teardown to run after the device fd closes (owners use it to forget the device).
+   *
+   * @param fn The teardown.
+   */
+  onClose(fn: () => void): void {
+    this.#onClose.push(fn);
+  }
+
+  /** Closes interrupts, register mappings and the fd, in that order. Idempotent. */
+  close(): void {
+    if (this.#fd.closed) return;
+    try {
+      for (const irq of [...this.#irqs].reverse()) irq.close();
+      for (const r of this.#regions.values()) r.closeAll();
+    } finally {
+      try {
+        this.#fd.close();
+      } finally {
+        for (const fn of this.#onClose.splice(0)) fn();
+      }
+    }
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

@@ -1,0 +1,228 @@
+/**
+ * DMA memory: page-aligned buffers from anonymous mmap (or hugepages), given IOVAs inside the
+ * IOMMU's ranges and mapped for the device.
+ *
+ * @module
+ */
+import { check } from "./errors.ts";
+import type { DmaAccess, IommuBackend } from "./iommu.ts";
+import { alignUp, IovaAllocator } from "./iova_allocator.ts";
+import { MAP_ANONYMOUS, MAP_HUGE_SHIFT, MAP_HUGETLB, MAP_POPULATE, MAP_PRIVATE, PROT_READ, PROT_WRITE } from "./uapi/libc.ts";
+import type { Sys } from "./sys.ts";
+
+/** Options for {@link DmaPool.alloc}. */
+export interface DmaAllocOptions extends DmaAccess {
+  /** Back the buffer with hugepages of this size (e.g. 2 MiB); needs hugepages reserved. */
+  hugepageSize?: number;
+}
+
+/** Options for {@link DmaPool}. */
+export interface DmaPoolOptions {
+  /** The highest IOVA the device can address, e.g. `(1n << 28n) - 1n` for a 28-bit DMA mask. */
+  limit?: bigint;
+}
+
+/**
+ * A DMA buffer: process memory mapped at an IOVA. Its views ({@link bytes}, {@link view}) detach
+ * when the buffer is freed, so a stale view reads as empty instead of touching unmapped memory.
+ */
+export class DmaBuffer implements Disposable {
+  #buffer: ArrayBuffer;
+  #free: (() => void) | undefined;
+
+  /**
+   * Made by {@link DmaPool.alloc}. @internal
+   */
+  constructor(
+    /** The device-visible address. */
+    readonly iova: bigint,
+    /** The process address. */
+    readonly vaddr: bigint,
+    /** The size in bytes (a multiple of the page size). */
+    readonly size: number,
+    buffer: ArrayBuffer,
+    free: () => void,
+  ) {
+    this.#buffer = buffer;
+    this.#free = free;
+  }
+
+  #live(): ArrayBuffer {
+    if (!this.#free) throw new TypeError(`Cannot use the DMA buffer at iova 0x${this.iova.toString(16)}: it was freed`);
+    return this.#buffer;
+  }
+
+  /** The memory as bytes. */
+  get bytes(): Uint8Array {
+    return new Uint8Array(this.#live());
+  }
+
+  /**
+   * A typed view of the memory.
+   *
+   * @param type A typed-array constructor, e.g. Uint32Array.
+   * @param byteOffset Where the view starts.
+   * @param length Elements (default: to the end).
+   * @returns The view; it detaches when the buffer is freed.
+   * @throws {RangeError} If the view would extend past the buffer.
+   */
+  view<T>(
+    type: { new (b: ArrayBuffer, o: number, l: number): T; BYTES_PER_ELEMENT: number },
+    byteOffset = 0,
+    length?: number,
+  ): T {
+    const b = this.#live();
+    const n = length ?? Math.floor((b.byteLength - byteOffset) / type.BYTES_PER_ELEMENT);
+    if (byteOffset < 0 || n < 0 || byteOffset + n * type.BYTES_PER_ELEMENT > b.byteLength) {
+      throw new RangeError(`Cannot view ${n} elements at ${byteOffset} of a ${b.byteLength}-byte DMA buffer`);
+    }
+    return new type(b, byteOffset, n);
+  }
+
+  /**
+   * The IOVA of a byte offset, checked to be inside the buffer.
+   *
+   * @param offset Byte offset.
+   * @returns `iova + offset`.
+   * @throws {RangeError} If the offset is outside the buffer.
+   */
+  iovaAt(offset: number): bigint {
+    if (!Number.isInteger(offset) || offset < 0 || offset >= this.size) {
+      throw new RangeError(`Cannot take offset ${offset} of a ${this.size}-byte DMA buffer`);
+    }
+    return this.iova + BigInt(offset);
+  }
+
+  /** Whether the buffer was freed. */
+  get freed(): boolean {
+    return this.#free === undefined;
+  }
+
+  /** Unmaps the IOVA, detaches the views and frees the memory. Idempotent. */
+  free(): void {
+    const f = this.#free;
+    if (!f) return;
+    this.#free = undefined;
+    // Detaching makes every typed array over the memory zero-length before the memory goes.
+    this.#buffer = this.#buffer.transfer(0);
+    f();
+  }
+
+  [Symbol.dispose](): void {
+    this.free();
+  }
+}
+
+/**
+ * Allocates DMA buffers in one IOMMU address space. The pool frees its buffers when it, or the
+ * backend, closes.
+ *
+ * @example
+ * ```ts ignore
+ * using pool = new DmaPool(sys, backend, { limit: (1n << 28n) - 1n });
+ * using buf = pool.alloc(4096);
+ * buf.bytes.fill(0xab);
+ * bar0.write64(0x80, buf.iova); // hand the IOVA to the device
+ * ```
+ */
+export class DmaPool implements Disposable {
+  readonly #allocator: IovaAllocator;
+  readonly #buffers = new Set<DmaBuffer>();
+  #closed = false;
+
+  /**
+   * @param sys The syscall backend.
+   * @param backend The IOMMU address space to map into.
+   * @param options Device addressing limits.
+   */
+  constructor(readonly sys: Sys, readonly backend: IommuBackend, readonly options: DmaPoolOptions = {}) {
+    this.#allocator = new IovaAllocator(backend.iovaRanges(), backend.iommuPageSize);
+    backend.onClose(() => this.close());
+  }
+
+  /** The IOVA allocator, for inspection. */
+  get allocator(): IovaAllocator {
+    return this.#allocator;
+  }
+
+  /**
+   * Allocates zeroed, page-aligned memory and maps it for the device.
+   *
+   * @param size Bytes; rounded up to the page (or hugepage) size.
+   * @param options Access rights and hugepages.
+   * @returns The buffer.
+   * @throws {RangeError} If the size is invalid or no IOVA space is left below the limit.
+   * @throws {VfioError} If mmap or the DMA map fails (e.g. the memlock limit).
+   */
+  alloc(size: number, options: DmaAllocOptions = {}): DmaBuffer {
+    if (this.#closed) throw new TypeError("Cannot allocate DMA memory: the pool is closed");
+    if (!Number.isInteger(size) || size <= 0 || size > 2 ** 40) {
+      throw new RangeError(`Cannot allocate ${size} bytes of DMA memory: size must be a positive integer`);
+    }
+    const huge = options.hugepageSize;
+    if (huge !== undefined && (huge < this.sys.pageSize || (huge & (huge - 1)) !== 0)) {
+      throw new RangeError(`Cannot use hugepage size ${huge}: it must be a power of two above the page size`);
+    }
+    const unit = BigInt(Math.max(huge ?? this.sys.pageSize, Number(this.backend.iommuPageSize)));
+    const length = Number(alignUp(BigInt(size), unit));
+    const flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE |
+      (huge ? MAP_HUGETLB | (Math.log2(huge) << MAP_HUGE_SHIFT) : 0);
+    const vaddr = this.sys.mmap(length, PROT_READ | PROT_WRITE, flags, -1, 0);
+    if (vaddr < 0n) {
+      check(Number(vaddr), {
+        op: "mmap",
+        action: `allocate ${length} bytes of DMA memory`,
+        hints: (code) =>
+          huge && code === "ENOMEM"
+            ? `no free ${huge}-byte hugepages: reserve some in /sys/kernel/mm/hugepages/*/nr_hugepages`
+            : undefined,
+      });
+    }
+    let iova: bigint | undefined;
+    try {
+      iova = this.#allocator.alloc(BigInt(length), {
+        align: unit,
+        ...(this.options.limit !== undefined ? { limit: this.options.limit } : {}),
+      });
+      this.backend.mapDma(vaddr, iova, BigInt(length), options);
+    } catch (e) {
+      if (iova !== undefined) this.#allocator.free(iova, BigInt(length));
+      this.sys.munmap(vaddr, length);
+      throw e;
+    }
+    const at = iova;
+    // SAFETY: [vaddr, vaddr+length) was just mapped above and stays mapped until free() below,
+    // which detaches this ArrayBuffer before munmap.
+    const memory = this.sys.memory(vaddr, length);
+    const buf: DmaBuffer = new DmaBuffer(at, vaddr, length, memory, () => {
+      this.#buffers.delete(buf);
+      try {
+        // The mapping is gone already when the backend closed or its last group left.
+        if (!this.backend.closed && this.backend.mappings.get(at) === BigInt(length)) {
+          this.backend.unmapDma(at, BigInt(length));
+        }
+      } finally {
+        this.#allocator.free(at, BigInt(length));
+        check(this.sys.munmap(vaddr, length), { op: "munmap", action: "free DMA memory" });
+      }
+    });
+    this.#buffers.add(buf);
+    return buf;
+  }
+
+  /** The live buffers. */
+  get buffers(): ReadonlySet<DmaBuffer> {
+    return this.#buffers;
+  }
+
+  /** Frees every buffer. Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const b of [...this.#buffers].reverse()) b.free();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

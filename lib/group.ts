@@ -1,0 +1,278 @@
+/**
+ * A VFIO group (/dev/vfio/N): the unit of ownership the IOMMU can isolate.
+ *
+ * @module
+ */
+import { VfioError } from "./errors.ts";
+import { OwnedFd, openFd } from "./fd.ts";
+import { canonicalPciAddress } from "./pci_address.ts";
+import type { Sys } from "./sys.ts";
+import { driverOf, groupDevices, groupNode, iommuGroupOf } from "./sysfs.ts";
+import { O_CLOEXEC, O_RDWR } from "./uapi/libc.ts";
+import {
+  VFIO_GROUP_FLAGS_CONTAINER_SET,
+  VFIO_GROUP_FLAGS_VIABLE,
+  VFIO_GROUP_GET_DEVICE_FD,
+  VFIO_GROUP_GET_STATUS,
+  VFIO_GROUP_SET_CONTAINER,
+  VFIO_GROUP_UNSET_CONTAINER,
+  vfio_group_status,
+} from "./uapi/vfio.ts";
+import { VfioDevice } from "./device.ts";
+import type { VfioContainer } from "./container.ts";
+
+/** A device in a group that keeps the group from being viable. */
+export interface GroupMember {
+  /** The device's PCI address. */
+  bdf: string;
+  /** The driver it is bound to, or undefined when unbound. */
+  driver: string | undefined;
+}
+
+/** The group cannot be used: a device in it is bound to a driver other than vfio-pci. */
+export class GroupNotViableError extends VfioError {
+  /**
+   * @param group The group number.
+   * @param path The group node.
+   * @param blockers The devices bound to other drivers.
+   */
+  constructor(readonly group: number, path: string, readonly blockers: GroupMember[]) {
+    super({
+      op: "VFIO_GROUP_GET_STATUS",
+      errno: 1, // EPERM: what VFIO_GROUP_SET_CONTAINER answers for such a group
+      path,
+      action: `use IOMMU group ${group}, which is not viable`,
+      hint: blockers.length
+        ? blockers.map((b) => `${b.bdf} is bound to ${b.driver}`).join("; ") +
+          `; every device in the group must be bound to vfio-pci or to no driver: ` +
+          blockers.map((b) => `vfio bind ${b.bdf}`).join(", ")
+        : "a device in the group is bound to a driver other than vfio-pci",
+    });
+    this.name = "GroupNotViableError";
+  }
+}
+
+const groupHints = (group: number) => (code: string) => {
+  switch (code) {
+    case "EBUSY":
+      return `group ${group} is already open in another process (QEMU, another driver) or in this one; ` +
+        "close the other user first";
+    case "EACCES":
+    case "EPERM":
+      return `no permission on /dev/vfio/${group}: run as root, or give your user the group node ` +
+        `(chown $USER /dev/vfio/${group}, or a udev rule)`;
+    case "ENOENT":
+    case "ENODEV":
+      return `no device of IOMMU group ${group} is bound to vfio-pci: bind one with \`vfio bind BDF\``;
+  }
+  return undefined;
+};
+
+/**
+ * A VFIO group. Devices are obtained from it once it is attached to a container.
+ *
+ * Closing order is free: the kernel keeps the group alive while a device from it is open, and the
+ * container alive while a group uses it.
+ *
+ * @example
+ * ```ts ignore
+ * using group = VfioGroup.forDevice(sys, "0000:00:04.0");
+ * console.log(group.status()); // { viable: true, containerSet: false }
+ * ```
+ */
+export class VfioGroup implements Disposable {
+  readonly #fd: OwnedFd;
+  #container: VfioContainer | undefined;
+  readonly #devices = new Set<VfioDevice>();
+
+  private constructor(
+    readonly sys: Sys,
+    /** The IOMMU group number. */
+    readonly group: number,
+    fd: OwnedFd,
+    /** Whether this is a no-IOMMU group (`/dev/vfio/noiommu-N`). */
+    readonly noiommu: boolean,
+  ) {
+    this.#fd = fd;
+  }
+
+  /**
+   * Opens a group by number.
+   *
+   * @param sys The syscall backend.
+   * @param group The IOMMU group number.
+   * @returns The open group.
+   * @throws {VfioError} If the group node is missing, busy or not permitted.
+   */
+  static open(sys: Sys, group: number): VfioGroup {
+    if (!Number.isInteger(group) || group < 0) {
+      throw new RangeError(`Cannot open VFIO group ${group}: group numbers are non-negative integers`);
+    }
+    const node = groupNode(sys, group);
+    const fd = openFd(sys, node.path, O_RDWR | O_CLOEXEC, groupHints(group));
+    return new VfioGroup(sys, group, fd, node.noiommu);
+  }
+
+  /**
+   * Opens the group of a PCI device, found through /sys/bus/pci/devices/BDF/iommu_group.
+   *
+   * @param sys The syscall backend.
+   * @param bdf The device's PCI address.
+   * @returns The open group.
+   * @throws {VfioError} If the device has no group or the group cannot be opened.
+   */
+  static forDevice(sys: Sys, bdf: string): VfioGroup {
+    return VfioGroup.open(sys, iommuGroupOf(sys, bdf));
+  }
+
+  /** The group node's path. */
+  get path(): string {
+    return this.#fd.path;
+  }
+
+  /** The container this group is attached to, if any. */
+  get container(): VfioContainer | undefined {
+    return this.#container;
+  }
+
+  /** Whether {@link close} has run. */
+  get closed(): boolean {
+    return this.#fd.closed;
+  }
+
+  /**
+   * Reads VFIO_GROUP_GET_STATUS.
+   *
+   * @returns Whether the group is viable and whether a container is set.
+   */
+  status(): { viable: boolean; containerSet: boolean } {
+    const s = vfio_group_status.alloc();
+    this.#fd.ioctl(VFIO_GROUP_GET_STATUS, s.bytes, "VFIO_GROUP_GET_STATUS", "get group status");
+    const flags = s.get("flags");
+    return {
+      viable: (flags & VFIO_GROUP_FLAGS_VIABLE) !== 0,
+      containerSet: (flags & VFIO_GROUP_FLAGS_CONTAINER_SET) !== 0,
+    };
+  }
+
+  /**
+   * The devices in this group and their drivers, from sysfs.
+   *
+   * @returns Each member's address and driver.
+   */
+  members(): GroupMember[] {
+    return groupDevices(this.sys, this.group).map((bdf) => ({ bdf, driver: driverOf(this.sys, bdf) }));
+  }
+
+  /**
+   * Throws unless the group is viable, naming each device bound to another driver.
+   *
+   * @throws {GroupNotViableError} If the group is not viable.
+   */
+  assertViable(): void {
+    if (this.status().viable) return;
+    const blockers = this.members().filter((m) => m.driver !== undefined && m.driver !== "vfio-pci");
+    throw new GroupNotViableError(this.group, this.path, blockers);
+  }
+
+  /**
+   * Attaches the group to a container (VFIO_GROUP_SET_CONTAINER).
+   *
+   * @param container The container.
+   * @throws {GroupNotViableError} If the group is not viable.
+   * @throws {VfioError} If the kernel refuses.
+   */
+  setContainer(container: VfioContainer): void {
+    if (this.#container === container) return;
+    if (this.#container) {
+      throw new TypeError(`Cannot attach ${this.path} to a second container: unset the first one`);
+    }
+    this.assertViable();
+    const fd = new Int32Array([container.fd]);
+    this.#fd.ioctl(
+      VFIO_GROUP_SET_CONTAINER,
+      new Uint8Array(fd.buffer),
+      "VFIO_GROUP_SET_CONTAINER",
+      `attach group ${this.group} to the container`,
+    );
+    this.#container = container;
+    container.groupAttached(this);
+  }
+
+  /**
+   * Detaches the group from its container (VFIO_GROUP_UNSET_CONTAINER). Devices from the group must
+   * be closed first; the kernel answers EBUSY otherwise.
+   *
+   * @throws {VfioError} If the kernel refuses.
+   */
+  unsetContainer(): void {
+    const c = this.#container;
+    if (!c) return;
+    this.#fd.ioctl(VFIO_GROUP_UNSET_CONTAINER, 0, "VFIO_GROUP_UNSET_CONTAINER", "detach the group", (code) =>
+      code === "EBUSY" ? "close the group's devices first" : undefined);
+    this.#container = undefined;
+    c.groupDetached(this);
+  }
+
+  /**
+   * Gets a device from the group (VFIO_GROUP_GET_DEVICE_FD).
+   *
+   * @param bdf The device's PCI address.
+   * @returns The device; closing the group does not close it.
+   * @throws {VfioError} If the group has no container or IOMMU yet, or the device is not in it.
+   */
+  getDevice(bdf: string): VfioDevice {
+    const name = canonicalPciAddress(bdf);
+    const arg = new TextEncoder().encode(name + "\0");
+    const fd = this.#fd.ioctl(
+      VFIO_GROUP_GET_DEVICE_FD,
+      arg,
+      "VFIO_GROUP_GET_DEVICE_FD",
+      `get device ${name} from group ${this.group}`,
+      (code) => {
+        if (code === "EINVAL") return "attach the group to a container and set its IOMMU type first";
+        if (code === "ENODEV") {
+          const d = driverOf(this.sys, name);
+          return d === "vfio-pci"
+            ? `${name} is not in IOMMU group ${this.group}`
+            : `${name} is bound to ${d ?? "no driver"}, not vfio-pci: run \`vfio bind ${name}\``;
+        }
+        if (code === "EBUSY") return `${name} is already open (one open per device)`;
+        return undefined;
+      },
+    );
+    const device = new VfioDevice(this.sys, new OwnedFd(this.sys, fd, `${this.path} (${name})`), name);
+    this.#devices.add(device);
+    device.onClose(() => {
+      this.#devices.delete(device);
+      this.#releaseIfUnused();
+    });
+    return device;
+  }
+
+  /**
+   * Closes the group fd. Open devices keep working (the kernel holds the group for them); a
+   * container the group was attached to forgets it.
+   */
+  close(): void {
+    if (this.#fd.closed) return;
+    try {
+      this.#fd.close();
+    } finally {
+      this.#releaseIfUnused();
+    }
+  }
+
+  // Open device fds hold the kernel's group (and so its container attachment) alive after the group
+  // fd closes; the container is told the group left only when the last of them is gone.
+  #releaseIfUnused(): void {
+    if (!this.#fd.closed || this.#devices.size > 0 || !this.#container) return;
+    const c = this.#container;
+    this.#container = undefined;
+    c.groupDetached(this);
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

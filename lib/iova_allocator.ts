@@ -1,0 +1,118 @@
+/**
+ * An IOVA allocator that hands out only addresses inside the IOMMU's reported ranges, and merges
+ * neighbouring free blocks when they are returned.
+ *
+ * @module
+ */
+import type { IovaRange } from "./iommu.ts";
+
+/** Constraints on one allocation. */
+export interface IovaAllocOptions {
+  /** Alignment of the IOVA in bytes, a power of two (default: the allocator's page size). */
+  align?: bigint;
+  /** The highest IOVA the device can reach, e.g. `(1n << 28n) - 1n` for a 28-bit DMA mask. */
+  limit?: bigint;
+}
+
+/**
+ * First-fit allocation over a sorted list of free inclusive ranges.
+ *
+ * @example
+ * ```ts
+ * import { IovaAllocator } from "./iova_allocator.ts";
+ * const a = new IovaAllocator([{ start: 0n, last: 0xffffffffn }], 4096n);
+ * const iova = a.alloc(8192n); // 0x1000: IOVA 0 is held back, as a null DMA address
+ * a.free(iova, 8192n);
+ * ```
+ */
+export class IovaAllocator {
+  #free: IovaRange[];
+
+  /**
+   * @param ranges The usable IOVA ranges (from the IOMMU backend).
+   * @param pageSize The IOMMU page size; every allocation is a multiple of it.
+   * @throws {RangeError} If the page size is not a power of two.
+   */
+  constructor(ranges: readonly IovaRange[], readonly pageSize: bigint) {
+    if (pageSize <= 0n || (pageSize & (pageSize - 1n)) !== 0n) {
+      throw new RangeError(`Cannot use IOVA page size ${pageSize}: it must be a power of two`);
+    }
+    // Page 0 is never handed out: many devices treat DMA address 0 as "none".
+    this.#free = ranges
+      .map((r) => ({ start: r.start < pageSize ? pageSize : alignUp(r.start, pageSize), last: r.last }))
+      .filter((r) => r.start <= r.last)
+      .sort((a, b) => (a.start < b.start ? -1 : 1));
+  }
+
+  /** The free ranges, for inspection. */
+  get freeRanges(): readonly IovaRange[] {
+    return this.#free.map((r) => ({ ...r }));
+  }
+
+  /**
+   * Allocates `size` bytes of IOVA space.
+   *
+   * @param size Bytes, rounded up to the page size.
+   * @param options Alignment and address limit.
+   * @returns The IOVA.
+   * @throws {RangeError} If size or alignment is invalid, or no free range fits.
+   */
+  alloc(size: bigint, options: IovaAllocOptions = {}): bigint {
+    const align = options.align ?? this.pageSize;
+    if (size <= 0n) throw new RangeError(`Cannot allocate ${size} bytes of IOVA space: size must be positive`);
+    if (align <= 0n || (align & (align - 1n)) !== 0n) {
+      throw new RangeError(`Cannot align IOVA to ${align}: alignment must be a power of two`);
+    }
+    const len = alignUp(size, this.pageSize);
+    const limit = options.limit ?? 0xffffffffffffffffn;
+    for (let i = 0; i < this.#free.length; i++) {
+      const r = this.#free[i]!;
+      const start = alignUp(r.start, align > this.pageSize ? align : this.pageSize);
+      const last = start + len - 1n;
+      if (last > r.last || last > limit) continue;
+      const parts: IovaRange[] = [];
+      if (start > r.start) parts.push({ start: r.start, last: start - 1n });
+      if (last < r.last) parts.push({ start: last + 1n, last: r.last });
+      this.#free.splice(i, 1, ...parts);
+      return start;
+    }
+    throw new RangeError(
+      `Cannot allocate ${len} bytes of IOVA space${options.limit !== undefined ? ` below 0x${limit.toString(16)}` : ""}: ` +
+        "no free IOVA range is large enough",
+    );
+  }
+
+  /**
+   * Returns an allocation; it is merged with free neighbours.
+   *
+   * @param iova The address {@link alloc} returned.
+   * @param size The size passed to {@link alloc}.
+   * @throws {RangeError} If the range overlaps free space (a double free).
+   */
+  free(iova: bigint, size: bigint): void {
+    const start = iova;
+    const last = iova + alignUp(size, this.pageSize) - 1n;
+    let i = 0;
+    while (i < this.#free.length && this.#free[i]!.last < start) i++;
+    const next = this.#free[i];
+    if (next && next.start <= last) {
+      throw new RangeError(`Cannot free IOVA 0x${iova.toString(16)}: it is already free`);
+    }
+    const prev = this.#free[i - 1];
+    const r = { start, last };
+    if (prev && prev.last + 1n === start) {
+      r.start = prev.start;
+      this.#free.splice(--i, 1);
+    }
+    if (next && last + 1n === next.start) {
+      r.last = next.last;
+      this.#free.splice(i, 1);
+    }
+    this.#free.splice(i, 0, r);
+  }
+}
+
+/** Rounds `n` up to a multiple of `a` (a power of two). */
+export function alignUp(n: bigint, a: bigint): bigint {
+  return (n + a - 1n) & ~(a - 1n);
+}

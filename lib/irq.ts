@@ -1,0 +1,284 @@
+/**
+ * Device interrupts: IRQ info, and eventfd triggers set with VFIO_DEVICE_SET_IRQS, waited on
+ * synchronously or with `for await` without blocking the event loop.
+ *
+ * @module
+ */
+import { check } from "./errors.ts";
+import type { OwnedFd } from "./fd.ts";
+import type { Sys } from "./sys.ts";
+import { EFD_CLOEXEC, POLLIN, pollfd } from "./uapi/libc.ts";
+import {
+  VFIO_DEVICE_GET_IRQ_INFO,
+  VFIO_DEVICE_SET_IRQS,
+  VFIO_IRQ_INFO_AUTOMASKED,
+  VFIO_IRQ_INFO_EVENTFD,
+  VFIO_IRQ_INFO_MASKABLE,
+  VFIO_IRQ_INFO_NORESIZE,
+  VFIO_IRQ_SET_ACTION_MASK,
+  VFIO_IRQ_SET_ACTION_TRIGGER,
+  VFIO_IRQ_SET_ACTION_UNMASK,
+  VFIO_IRQ_SET_DATA_EVENTFD,
+  VFIO_IRQ_SET_DATA_NONE,
+  vfio_irq_info,
+  vfio_irq_set,
+} from "./uapi/vfio.ts";
+
+/** What VFIO_DEVICE_GET_IRQ_INFO reports. */
+export interface IrqInfo {
+  /** The IRQ index (VFIO_PCI_INTX_IRQ_INDEX …). */
+  index: number;
+  /** VFIO_IRQ_INFO_* bits. */
+  flags: number;
+  /** How many vectors the index has (0 when the device lacks it). */
+  count: number;
+  /** Can signal an eventfd. */
+  eventfd: boolean;
+  /** Can be masked and unmasked. */
+  maskable: boolean;
+  /** Masked by the kernel after each interrupt until unmasked (INTx). */
+  automasked: boolean;
+  /** Changing the number of vectors needs a disable first. */
+  noresize: boolean;
+}
+
+/**
+ * Reads VFIO_DEVICE_GET_IRQ_INFO.
+ *
+ * @param fd The device fd.
+ * @param index The IRQ index.
+ * @returns The info.
+ */
+export function readIrqInfo(fd: OwnedFd, index: number): IrqInfo {
+  const s = vfio_irq_info.alloc();
+  s.set("index", index);
+  fd.ioctl(VFIO_DEVICE_GET_IRQ_INFO, s.bytes, "VFIO_DEVICE_GET_IRQ_INFO", `get info of IRQ index ${index}`);
+  const flags = s.get("flags");
+  return {
+    index,
+    flags,
+    count: s.get("count"),
+    eventfd: (flags & VFIO_IRQ_INFO_EVENTFD) !== 0,
+    maskable: (flags & VFIO_IRQ_INFO_MASKABLE) !== 0,
+    automasked: (flags & VFIO_IRQ_INFO_AUTOMASKED) !== 0,
+    noresize: (flags & VFIO_IRQ_INFO_NORESIZE) !== 0,
+  };
+}
+
+/**
+ * VFIO_DEVICE_SET_IRQS with no data, or with eventfds (-1 leaves a vector unset).
+ *
+ * @param fd The device fd.
+ * @param index The IRQ index.
+ * @param action VFIO_IRQ_SET_ACTION_TRIGGER, _MASK or _UNMASK.
+ * @param start The first vector.
+ * @param count How many vectors (0 with no data and TRIGGER disables the index).
+ * @param eventfds When given, DATA_EVENTFD with one fd per vector.
+ */
+export function setIrqs(
+  fd: OwnedFd,
+  index: number,
+  action: number,
+  start: number,
+  count: number,
+  eventfds?: readonly number[],
+): void {
+  const s = vfio_irq_set.alloc(eventfds ? 4 * eventfds.length : 0);
+  s.set("flags", action | (eventfds ? VFIO_IRQ_SET_DATA_EVENTFD : VFIO_IRQ_SET_DATA_NONE));
+  s.set("index", index).set("start", start).set("count", count);
+  eventfds?.forEach((e, i) => s.view.setInt32(vfio_irq_set.size + 4 * i, e, true));
+  const what = action === VFIO_IRQ_SET_ACTION_TRIGGER
+    ? (eventfds ? "set eventfds for" : count === 0 ? "disable" : "trigger")
+    : action === VFIO_IRQ_SET_ACTION_MASK
+    ? "mask"
+    : "unmask";
+  fd.ioctl(VFIO_DEVICE_SET_IRQS, s.bytes, "VFIO_DEVICE_SET_IRQS", `${what} IRQ index ${index} vectors ${start}..${start + count}`);
+}
+
+/**
+ * The enabled vectors of one IRQ index, each signalling its own eventfd.
+ *
+ * Closing disables the index in the device, wakes any pending wait, and closes the eventfds.
+ *
+ * @example
+ * ```ts ignore
+ * using msi = device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX, 1);
+ * bar0.write32(0x60, 1); // the device raises an interrupt
+ * console.log(await msi.next()); // 1: one interrupt since the last read
+ * ```
+ */
+export class VfioIrq implements Disposable {
+  readonly #eventfds: number[];
+  #closed = false;
+  #pending = 0;
+  #deferredClose = false;
+
+  /**
+   * Creates one eventfd per vector and attaches them (SET_IRQS DATA_EVENTFD | ACTION_TRIGGER).
+   *
+   * @param sys The syscall backend.
+   * @param fd The device fd.
+   * @param info The index's info.
+   * @param count How many vectors to enable, from 0.
+   * @param onClose Called once when closed.
+   */
+  constructor(
+    readonly sys: Sys,
+    readonly fd: OwnedFd,
+    readonly info: IrqInfo,
+    readonly count: number,
+    readonly onClose: () => void = () => {},
+  ) {
+    if (!Number.isInteger(count) || count < 1 || count > info.count) {
+      throw new RangeError(`Cannot enable ${count} vectors of IRQ index ${info.index}: it has ${info.count}`);
+    }
+    if (!info.eventfd) throw new TypeError(`Cannot enable IRQ index ${info.index}: it cannot signal an eventfd`);
+    this.#eventfds = [];
+    try {
+      for (let i = 0; i < count; i++) {
+        this.#eventfds.push(check(sys.eventfd(0, EFD_CLOEXEC), { op: "eventfd", action: "create an eventfd" }));
+      }
+      setIrqs(fd, info.index, VFIO_IRQ_SET_ACTION_TRIGGER, 0, count, this.#eventfds);
+    } catch (e) {
+      for (const e2 of this.#eventfds) sys.close(e2);
+      throw e;
+    }
+  }
+
+  /** The IRQ index. */
+  get index(): number {
+    return this.info.index;
+  }
+
+  /** The eventfd of each vector (for integrating with another event loop). */
+  get eventfds(): readonly number[] {
+    return this.#eventfds;
+  }
+
+  #efd(vector: number): number {
+    if (this.#closed) throw new TypeError(`Cannot use IRQ index ${this.index}: it is closed`);
+    const e = this.#eventfds[vector];
+    if (e === undefined) {
+      throw new RangeError(`Cannot use vector ${vector} of IRQ index ${this.index}: ${this.count} are enabled`);
+    }
+    return e;
+  }
+
+  /**
+   * Waits for an interrupt on a vector, blocking the thread (poll(2)).
+   *
+   * @param vector The vector.
+   * @param timeoutMs How long to wait; -1 waits forever.
+   * @returns How many interrupts arrived since the last read, or 0 on timeout.
+   */
+  wait(vector = 0, timeoutMs = -1): number {
+    const efd = this.#efd(vector);
+    const p = pollfd.alloc();
+    p.set("fd", efd).set("events", POLLIN);
+    const n = check(this.sys.poll(p.bytes, 1, timeoutMs), { op: "poll", action: `wait for IRQ ${this.index}` });
+    return n === 0 ? 0 : this.#readCounter(efd);
+  }
+
+  #readCounter(efd: number): number {
+    const b = new BigUint64Array(1);
+    check(this.sys.read(efd, new Uint8Array(b.buffer)), { op: "read", action: `read IRQ ${this.index} eventfd` });
+    return Number(b[0]);
+  }
+
+  /**
+   * Waits for an interrupt without blocking the event loop: the read runs off the JavaScript thread.
+   *
+   * @param vector The vector.
+   * @returns How many interrupts arrived since the last read, or 0 when the IRQ was closed meanwhile.
+   */
+  async next(vector = 0): Promise<number> {
+    const efd = this.#efd(vector);
+    const b = new BigUint64Array(1);
+    this.#pending++;
+    try {
+      const r = await this.sys.readAsync(efd, new Uint8Array(b.buffer));
+      if (this.#closed) return 0;
+      check(r, { op: "read", action: `wait for IRQ ${this.index}` });
+      return Number(b[0]);
+    } finally {
+      if (--this.#pending === 0 && this.#deferredClose) this.#closeEventfds();
+    }
+  }
+
+  /**
+   * Yields the interrupt count of a vector each time it fires, until the IRQ is closed.
+   *
+   * @param vector The vector.
+   */
+  async *interrupts(vector = 0): AsyncGenerator<number> {
+    while (!this.#closed) {
+      const n = await this.next(vector);
+      if (this.#closed) return;
+      yield n;
+    }
+  }
+
+  [Symbol.asyncIterator](): AsyncGenerator<number> {
+    return this.interrupts(0);
+  }
+
+  /** Fires vectors from software (SET_IRQS DATA_NONE | ACTION_TRIGGER): the loopback test. */
+  trigger(start = 0, count = 1): void {
+    this.#efd(start + count - 1);
+    setIrqs(this.fd, this.index, VFIO_IRQ_SET_ACTION_TRIGGER, start, count);
+  }
+
+  /** Masks vectors (ACTION_MASK). @throws {VfioError} If the index is not maskable. */
+  mask(start = 0, count = 1): void {
+    this.#efd(start + count - 1);
+    setIrqs(this.fd, this.index, VFIO_IRQ_SET_ACTION_MASK, start, count);
+  }
+
+  /** Unmasks vectors (ACTION_UNMASK), e.g. INTx after handling an automasked interrupt. */
+  unmask(start = 0, count = 1): void {
+    this.#efd(start + count - 1);
+    setIrqs(this.fd, this.index, VFIO_IRQ_SET_ACTION_UNMASK, start, count);
+  }
+
+  /**
+   * Re-attaches the eventfds, e.g. after a device reset cleared the interrupt setup.
+   */
+  rearm(): void {
+    this.#efd(0);
+    setIrqs(this.fd, this.index, VFIO_IRQ_SET_ACTION_TRIGGER, 0, this.count, this.#eventfds);
+  }
+
+  /** Whether {@link close} has run. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /**
+   * Disables the index, wakes pending waits (they resolve to 0), and closes the eventfds (after the
+   * waits return, when some are pending). Idempotent.
+   */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      if (!this.fd.closed) setIrqs(this.fd, this.index, VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0);
+    } finally {
+      if (this.#pending > 0) {
+        this.#deferredClose = true;
+        const one = new Uint8Array(new BigUint64Array([1n]).buffer);
+        for (const e of this.#eventfds) this.sys.write(e, one);
+      } else {
+        this.#closeEventfds();
+      }
+      this.onClose();
+    }
+  }
+
+  #closeEventfds(): void {
+    for (const e of this.#eventfds.splice(0)) this.sys.close(e);
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

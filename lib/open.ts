@@ -1,0 +1,104 @@
+/**
+ * Opening a PCI device the usual way: choose the IOMMU backend, open the device into it, and give
+ * it a DMA pool, all owned by one disposable handle.
+ *
+ * @module
+ */
+import { VfioContainer } from "./container.ts";
+import type { VfioDevice } from "./device.ts";
+import { DmaPool, type DmaPoolOptions } from "./dma.ts";
+import type { IommuBackend } from "./iommu.ts";
+import type { Sys } from "./sys.ts";
+
+/** Which IOMMU backend to use. */
+export type BackendChoice = "auto" | "legacy" | "iommufd";
+
+/** Options for {@link openIommu} and {@link openPciDevice}. */
+export interface OpenOptions extends DmaPoolOptions {
+  /**
+   * `"legacy"` (container and group), `"iommufd"` (/dev/iommu and the device cdev), or `"auto"`
+   * (default): iommufd when /dev/iommu and the device's cdev exist, legacy otherwise. The
+   * environment variable VFIO_TS_BACKEND overrides `"auto"`.
+   */
+  backend?: BackendChoice;
+  /** For the legacy backend: the IOMMU type (see ContainerOptions.iommuType). */
+  iommuType?: number;
+}
+
+/**
+ * Opens an IOMMU backend.
+ *
+ * @param sys The syscall backend.
+ * @param options Which backend.
+ * @returns The backend; dispose it to release everything opened through it.
+ * @throws {TypeError} If VFIO_TS_BACKEND or the option names an unknown backend.
+ */
+export function openIommu(sys: Sys, options: OpenOptions = {}): IommuBackend {
+  const choice = chooseBackend(sys, options.backend);
+  if (choice === "iommufd") {
+    throw new TypeError("Cannot open the iommufd backend: it is not available in this build");
+  }
+  return VfioContainer.open(sys, options.iommuType === undefined ? {} : { iommuType: options.iommuType });
+}
+
+/**
+ * Resolves `"auto"` to a concrete backend.
+ *
+ * @param sys The syscall backend.
+ * @param choice The requested backend.
+ * @returns `"legacy"` or `"iommufd"`.
+ * @throws {TypeError} On an unknown name.
+ */
+export function chooseBackend(sys: Sys, choice: BackendChoice = "auto"): "legacy" | "iommufd" {
+  const requested = choice === "auto" ? (sys.getenv("VFIO_TS_BACKEND") ?? "auto") : choice;
+  if (requested === "legacy" || requested === "iommufd") return requested;
+  if (requested !== "auto") {
+    throw new TypeError(`Cannot use VFIO backend ${JSON.stringify(requested)}: expected auto, legacy or iommufd`);
+  }
+  return "legacy";
+}
+
+/** A device opened with its own IOMMU backend and DMA pool; disposing it releases all three. */
+export interface OpenedDevice extends Disposable {
+  /** The IOMMU backend the device is attached to. */
+  readonly backend: IommuBackend;
+  /** The device. */
+  readonly device: VfioDevice;
+  /**
+   * DMA memory mapped for the device. Throws on use in no-IOMMU mode, which has no translation.
+   */
+  readonly dma: DmaPool;
+  /** Closes the DMA pool, the device and the backend, in that order. */
+  close(): void;
+}
+
+/**
+ * Opens a PCI device bound to vfio-pci.
+ *
+ * @param sys The syscall backend.
+ * @param bdf The device's PCI address, e.g. `0000:00:04.0`.
+ * @param options Backend choice and DMA limits.
+ * @returns The device with its backend and DMA pool.
+ * @throws {VfioError} With the errno and the fix, if any step fails; nothing stays open then.
+ */
+export function openPciDevice(sys: Sys, bdf: string, options: OpenOptions = {}): OpenedDevice {
+  const backend = openIommu(sys, options);
+  try {
+    const device = backend.openDevice(bdf);
+    let dma: DmaPool | undefined;
+    const limit = options.limit;
+    return {
+      backend,
+      device,
+      get dma() {
+        dma ??= new DmaPool(sys, backend, limit === undefined ? {} : { limit });
+        return dma;
+      },
+      close: () => backend.close(),
+      [Symbol.dispose]: () => backend.close(),
+    };
+  } catch (e) {
+    backend.close();
+    throw e;
+  }
+}

@@ -1,0 +1,84 @@
+/**
+ * What the lab guest provides (scripts/lab/run.sh), and helpers shared by the lab tests.
+ *
+ * The lab boots with a fixed topology:
+ * - 0000:00:04.0 QEMU edu, bound to vfio-pci, alone in its IOMMU group;
+ * - 0000:00:05.0 QEMU NVMe, bound to vfio-pci, backed by VFIO_TS_NVME_IMAGE;
+ * - 0000:00:06.0 a second edu on vfio-pci, sharing its group with 0000:00:06.1, a virtio device
+ *   left on virtio-pci, so that group is not viable.
+ *
+ * @module
+ */
+import { readdirSync } from "node:fs";
+import { loadSys } from "../../ffi/mod.ts";
+import type { Sys } from "../../lib/sys.ts";
+
+export const EDU = "0000:00:04.0";
+export const NVME = "0000:00:05.0";
+export const EDU2 = "0000:00:06.0";
+export const BLOCKER = "0000:00:06.1";
+
+/** The lab configuration this guest was booted with, e.g. `stock-intel`, `custom-noiommu`. */
+export const CONFIG = process.env.VFIO_TS_LAB_CONFIG ?? "";
+if (!CONFIG) throw new Error("Cannot run the lab tests outside the lab: run them with scripts/lab/suite.sh");
+
+/** Whether the guest has an IOMMU (otherwise it runs in vfio no-IOMMU mode). */
+export const HAS_IOMMU = !CONFIG.endsWith("noiommu");
+
+/** The syscall backend of the runtime under test. */
+export const sys: Sys = await loadSys();
+
+/** The number of open fds of this process, from /proc/self/fd. */
+export function openFds(): number {
+  return readdirSync("/proc/self/fd").length;
+}
+
+/** Sleeps without blocking the event loop. */
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** edu's registers (QEMU hw/misc/edu.c). */
+export const edu = {
+  IDENT: 0x00,
+  LIVENESS: 0x04,
+  FACTORIAL: 0x08,
+  STATUS: 0x20,
+  STATUS_BUSY: 0x01,
+  STATUS_IRQ_ON_FINISH: 0x80,
+  IRQ_STATUS: 0x24,
+  IRQ_RAISE: 0x60,
+  IRQ_ACK: 0x64,
+  DMA_SRC: 0x80,
+  DMA_DST: 0x88,
+  DMA_COUNT: 0x90,
+  DMA_CMD: 0x98,
+  DMA_START: 0x1,
+  DMA_TO_RAM: 0x2, // direction bit: set = device buffer to RAM
+  DMA_IRQ: 0x4,
+  DMA_BUFFER: 0x40000,
+  /** The device masks DMA addresses to 28 bits. */
+  DMA_LIMIT: (1n << 28n) - 1n,
+} as const;
+
+/** An IOMMU backend the lab kernel offers, for tests that run under each. */
+export interface BackendMode {
+  /** `legacy` or `iommufd`. */
+  name: "legacy" | "iommufd";
+  /** Options for openPciDevice/openIommu selecting it. */
+  options: { backend: "legacy" | "iommufd" };
+}
+
+/** The backends this guest's kernel offers; every device test runs under each. */
+export function backends(): BackendMode[] {
+  const modes: BackendMode[] = [{ name: "legacy", options: { backend: "legacy" } }];
+  const hasIommufd = (() => {
+    try {
+      return readdirSync("/dev").includes("iommu") && readdirSync("/dev/vfio/devices").length > 0;
+    } catch {
+      return false;
+    }
+  })();
+  if (hasIommufd && HAS_IOMMU && process.env.VFIO_TS_LAB_IOMMUFD !== "0") {
+    modes.push({ name: "iommufd", options: { backend: "iommufd" } });
+  }
+  return modes;
+}

@@ -1,0 +1,131 @@
+// Checks the promises of the lab harness (scripts/lab/run.sh) from inside the guest: which devices are
+// where, which driver owns them, how they are grouped, and which VFIO interfaces the kernel offers in
+// each configuration. If one of these fails, the other lab tests' failures are probably not the library's.
+// Node APIs only, and flat top-level tests, so it runs unchanged under `deno test` and `bun test`.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, readdirSync, readFileSync, readlinkSync, statSync } from "node:fs";
+import { basename } from "node:path";
+import process from "node:process";
+
+const env = process.env;
+const kernel = env.VFIO_TS_LAB_KERNEL;
+const iommu = env.VFIO_TS_LAB_IOMMU;
+const custom = kernel === "custom";
+const noiommu = iommu === "none";
+const skip = env.VFIO_TS_LAB === "1" ? false : "runs only inside the lab guest (scripts/lab/run.sh)";
+
+const PCI = "/sys/bus/pci/devices";
+const EDU = "0000:00:04.0";
+const NVME = "0000:00:05.0";
+const EDU2 = "0000:00:06.0"; // multifunction edu, group not viable under intel-iommu
+const RNG = "0000:00:06.1"; // virtio-rng, stays on virtio-pci
+const VFIO_DEVICES = [EDU, NVME, EDU2];
+
+function link(path: string): string | undefined {
+  try {
+    return basename(readlinkSync(path));
+  } catch {
+    return undefined;
+  }
+}
+const driverOf = (bdf: string) => link(`${PCI}/${bdf}/driver`);
+const groupOf = (bdf: string) => link(`${PCI}/${bdf}/iommu_group`);
+const attr = (bdf: string, name: string) => readFileSync(`${PCI}/${bdf}/${name}`, "utf8").trim();
+const groupMembers = (group: string) => readdirSync(`/sys/kernel/iommu_groups/${group}/devices`).sort();
+
+test("lab env: names a known configuration", { skip }, () => {
+  assert.ok(kernel === "stock" || kernel === "custom", `VFIO_TS_LAB_KERNEL=${kernel}`);
+  assert.ok(iommu === "intel" || iommu === "none", `VFIO_TS_LAB_IOMMU=${iommu}`);
+  assert.ok(!(kernel === "stock" && noiommu), "the stock kernel has no noiommu mode");
+  if (env.VFIO_TS_LAB_CONFIG) {
+    assert.equal(env.VFIO_TS_LAB_CONFIG, `${kernel}-${noiommu ? "noiommu" : "intel"}`);
+  }
+});
+
+test("lab env: VFIO_TS_NVME_IMAGE is the 64 MiB NVMe backing image", { skip }, () => {
+  const image = env.VFIO_TS_NVME_IMAGE;
+  assert.ok(image, "VFIO_TS_NVME_IMAGE is set");
+  assert.equal(statSync(image).size, 64 * 1024 * 1024);
+});
+
+test("lab devices: the fixed PCI topology is present", { skip }, () => {
+  const ids = (bdf: string) => `${attr(bdf, "vendor")}:${attr(bdf, "device")}`;
+  assert.equal(ids(EDU), "0x1234:0x11e8");
+  assert.equal(ids(NVME), "0x1b36:0x0010");
+  assert.equal(ids(EDU2), "0x1234:0x11e8");
+  assert.equal(ids(RNG), "0x1af4:0x1005");
+});
+
+test("lab devices: 00:04.0, 00:05.0 and 00:06.0 are bound to vfio-pci", { skip }, () => {
+  for (const bdf of VFIO_DEVICES) assert.equal(driverOf(bdf), "vfio-pci", bdf);
+});
+
+test("lab devices: 00:06.1 stays on its own driver (virtio-pci)", { skip }, () => {
+  assert.equal(driverOf(RNG), "virtio-pci");
+});
+
+test("lab vfio: the legacy container node /dev/vfio/vfio exists", { skip }, () => {
+  assert.ok(existsSync("/dev/vfio/vfio"));
+});
+
+test("lab vfio: every vfio-pci device has its group node", { skip }, () => {
+  for (const bdf of VFIO_DEVICES) {
+    const group = groupOf(bdf);
+    assert.ok(group, `${bdf} has an IOMMU group`);
+    const node = noiommu ? `/dev/vfio/noiommu-${group}` : `/dev/vfio/${group}`;
+    assert.ok(existsSync(node), `${node} exists`);
+  }
+});
+
+test("lab groups: 00:04.0 and 00:05.0 are alone in their groups", { skip }, () => {
+  assert.notEqual(groupOf(EDU), groupOf(NVME));
+  for (const bdf of [EDU, NVME]) assert.deepEqual(groupMembers(groupOf(bdf)!), [bdf]);
+});
+
+test("lab groups: 00:06.0 shares its group with 00:06.1, so it is not viable", { skip }, () => {
+  const group = groupOf(EDU2);
+  assert.ok(group, "00:06.0 has a group");
+  if (noiommu) {
+    // noiommu groups are made per device by vfio-pci; the virtio function has none at all.
+    assert.equal(groupOf(RNG), undefined);
+    assert.deepEqual(groupMembers(group), [EDU2]);
+  } else {
+    assert.equal(groupOf(RNG), group);
+    assert.deepEqual(groupMembers(group), [EDU2, RNG]);
+  }
+});
+
+test("lab iommu: intel-iommu with interrupt remapping, or none at all", { skip }, () => {
+  const units = existsSync("/sys/class/iommu") ? readdirSync("/sys/class/iommu") : [];
+  if (noiommu) {
+    assert.deepEqual(units, []);
+    assert.equal(readFileSync("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode", "utf8").trim(), "Y");
+  } else {
+    assert.ok(units.some((u) => u.startsWith("dmar")), `IOMMU units: ${units}`);
+    // Remapped MSI vectors show up as IR-PCI-MSI* (the 9p shares' virtio devices use MSI-X).
+    assert.match(readFileSync("/proc/interrupts", "utf8"), /IR-PCI-MSI/);
+  }
+});
+
+test("lab iommufd: /dev/iommu exists exactly on the custom kernel", { skip }, () => {
+  assert.equal(existsSync("/dev/iommu"), custom);
+});
+
+test("lab cdev: /dev/vfio/devices/vfioN per device on custom-intel", { skip }, () => {
+  if (!custom) {
+    assert.equal(existsSync("/dev/vfio/devices"), false);
+    return;
+  }
+  for (const bdf of VFIO_DEVICES) {
+    const names = readdirSync(`${PCI}/${bdf}/vfio-dev`);
+    assert.equal(names.length, 1, `${bdf}/vfio-dev`);
+    // Linux 6.12 makes no cdev node for noiommu devices (sysfs still lists vfio-dev/vfioN).
+    if (!noiommu) assert.ok(existsSync(`/dev/vfio/devices/${names[0]}`), `/dev/vfio/devices/${names[0]}`);
+  }
+});
+
+test("lab noiommu: /dev/vfio/noiommu-N nodes exist only in noiommu mode", { skip }, () => {
+  const nodes = readdirSync("/dev/vfio").filter((n) => n.startsWith("noiommu-"));
+  assert.equal(nodes.length, noiommu ? VFIO_DEVICES.length : 0, `nodes: ${nodes}`);
+});
