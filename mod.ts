@@ -28,6 +28,7 @@ export * from "./lib/errors.ts";
 export * from "./lib/fd.ts";
 export * from "./lib/group.ts";
 export * from "./lib/iommu.ts";
+export * from "./lib/iommufd.ts";
 export * from "./lib/iova_allocator.ts";
 export * from "./lib/irq.ts";
 export * from "./lib/limits.ts";

@@ -8,7 +8,7 @@ import { VfioError } from "./errors.ts";
 import { type OwnedFd, openFd } from "./fd.ts";
 import type { VfioDevice } from "./device.ts";
 import { VfioGroup } from "./group.ts";
-import { type DmaAccess, IommuBase, type IovaRange } from "./iommu.ts";
+import { type DmaAccess, IommuBase, type IommuOps, type IovaRange } from "./iommu.ts";
 import { memlockHint } from "./limits.ts";
 import type { Sys } from "./sys.ts";
 import { iommuGroupOf } from "./sysfs.ts";
@@ -87,7 +87,18 @@ export class VfioContainer extends IommuBase {
   readonly #ownGroups = new Map<number, VfioGroup>();
   #type: number | undefined;
   #info: IommuInfo | undefined;
+  /** The container node. */
   readonly path: string = VFIO_CONTAINER_PATH;
+  /** The kernel calls behind {@link IommuBase}. */
+  protected readonly ops: IommuOps = {
+    map: (vaddr, iova, size, access) => this.#map(vaddr, iova, size, access),
+    unmap: (iova, size) => this.#unmap(iova, size),
+    unmapAll: () => this.#unmapAll(),
+    iovaRanges: () => this.#iovaRanges(),
+    openDevice: (bdf) => this.#openDevice(bdf),
+    alive: () => this.#alive(),
+    release: () => this.#release(),
+  };
 
   private constructor(readonly sys: Sys, fd: OwnedFd, readonly options: ContainerOptions) {
     super();
@@ -138,16 +149,18 @@ export class VfioContainer extends IommuBase {
     return this.#type === undefined ? "unset" : TYPE_NAMES[this.#type] ?? `type${this.#type}`;
   }
 
+  /** False in no-IOMMU mode, which has no DMA translation. */
   get translates(): boolean {
     return this.#type !== VFIO_NOIOMMU_IOMMU;
   }
 
+  /** The smallest page size VFIO_IOMMU_GET_INFO reports (the CPU page size before the IOMMU is set). */
   get iommuPageSize(): bigint {
     const sizes = this.#type !== undefined && this.translates ? this.info().pageSizes : 0n;
     return sizes === 0n ? BigInt(this.sys.pageSize) : sizes & -sizes;
   }
 
-  protected get alive(): boolean {
+  #alive(): boolean {
     return this.#type !== undefined && this.#groups.size > 0;
   }
 
@@ -272,12 +285,12 @@ export class VfioContainer extends IommuBase {
     return result;
   }
 
-  protected doIovaRanges(): IovaRange[] {
+  #iovaRanges(): IovaRange[] {
     this.#requireIommu("list IOVA ranges");
     return this.info().iovaRanges.map((r) => ({ ...r }));
   }
 
-  protected doMap(vaddr: bigint, iova: bigint, size: bigint, access: DmaAccess): void {
+  #map(vaddr: bigint, iova: bigint, size: bigint, access: DmaAccess): void {
     const m = vfio_iommu_type1_dma_map.alloc();
     m.set("flags", (access.read ? VFIO_DMA_MAP_FLAG_READ : 0) | (access.write ? VFIO_DMA_MAP_FLAG_WRITE : 0));
     m.set("vaddr", vaddr).set("iova", iova).set("size", size);
@@ -299,20 +312,20 @@ export class VfioContainer extends IommuBase {
     );
   }
 
-  protected doUnmap(iova: bigint, size: bigint): void {
+  #unmap(iova: bigint, size: bigint): void {
     const u = vfio_iommu_type1_dma_unmap.alloc();
     u.set("iova", iova).set("size", size);
     this.#fd.ioctl(VFIO_IOMMU_UNMAP_DMA, u.bytes, "VFIO_IOMMU_UNMAP_DMA", `unmap DMA at iova 0x${iova.toString(16)}`);
   }
 
-  protected doUnmapAll(): void {
+  #unmapAll(): void {
     if (this.checkExtension(VFIO_UNMAP_ALL)) {
       const u = vfio_iommu_type1_dma_unmap.alloc();
       u.set("flags", VFIO_DMA_UNMAP_FLAG_ALL);
       this.#fd.ioctl(VFIO_IOMMU_UNMAP_DMA, u.bytes, "VFIO_IOMMU_UNMAP_DMA", "unmap all DMA");
       return;
     }
-    for (const [iova, size] of this.mappings) this.doUnmap(iova, size);
+    for (const [iova, size] of this.mappings) this.#unmap(iova, size);
   }
 
   #requireIommu(action: string): void {
@@ -328,13 +341,22 @@ export class VfioContainer extends IommuBase {
     }
   }
 
+  /**
+   * Maps DMA as {@link IommuBase.mapDma} does, first refusing plainly in no-IOMMU mode.
+   *
+   * @param vaddr Process address, page-aligned.
+   * @param iova Device address, page-aligned.
+   * @param size Bytes, page-aligned.
+   * @param access Device read/write rights.
+   * @throws {VfioError} In no-IOMMU mode, or when the kernel refuses.
+   */
   override mapDma(vaddr: bigint, iova: bigint, size: bigint, access?: DmaAccess): void {
     this.assertOpen();
     this.#requireIommu(`map DMA at iova 0x${iova.toString(16)}`);
     super.mapDma(vaddr, iova, size, access);
   }
 
-  protected doOpenDevice(bdf: string): VfioDevice {
+  #openDevice(bdf: string): VfioDevice {
     const number = iommuGroupOf(this.sys, bdf);
     let group = this.#ownGroups.get(number) ?? [...this.#groups].find((g) => g.group === number);
     let opened = false;
@@ -353,7 +375,7 @@ export class VfioContainer extends IommuBase {
     }
   }
 
-  protected release(): void {
+  #release(): void {
     try {
       for (const g of [...this.#ownGroups.values()].reverse()) g.close();
     } finally {

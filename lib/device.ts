@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { VfioError } from "./errors.ts";
+import { runAll, VfioError } from "./errors.ts";
 import type { OwnedFd } from "./fd.ts";
 import { readIrqInfo, type IrqInfo, VfioIrq } from "./irq.ts";
 import type { Registers } from "./mmio.ts";
@@ -82,6 +82,7 @@ export class VfioDevice implements Disposable {
   readonly #onClose: (() => void)[] = [];
   #info: DeviceInfo | undefined;
   #config: PciConfig | undefined;
+  readonly #hotResetGroupFds: () => number[];
 
   /**
    * Wraps a device fd (from a group, or a bound cdev).
@@ -89,9 +90,17 @@ export class VfioDevice implements Disposable {
    * @param sys The syscall backend.
    * @param fd The device fd, now owned by this object.
    * @param name The device's name, its PCI address for vfio-pci.
+   * @param hotResetGroupFds What proves ownership for {@link hotReset}: the fds of the groups the
+   *   opener holds (legacy), or none (a cdev bound to an iommufd).
    */
-  constructor(readonly sys: Sys, fd: OwnedFd, readonly name: string) {
+  constructor(
+    readonly sys: Sys,
+    fd: OwnedFd,
+    readonly name: string,
+    hotResetGroupFds: () => number[] = () => [],
+  ) {
     this.#fd = fd;
+    this.#hotResetGroupFds = hotResetGroupFds;
   }
 
   /** The device fd. @throws {TypeError} If closed. */
@@ -115,6 +124,7 @@ export class VfioDevice implements Disposable {
    * @returns The flags and the region and IRQ counts.
    */
   info(): DeviceInfo {
+    this.#fd.fd; // throws once closed, even when the info is cached
     if (this.#info) return this.#info;
     const s = vfio_device_info.alloc();
     this.#fd.ioctl(VFIO_DEVICE_GET_INFO, s.bytes, "VFIO_DEVICE_GET_INFO", `get info of ${this.name}`);
@@ -262,11 +272,12 @@ export class VfioDevice implements Disposable {
   /**
    * Hot resets the bus or slot (VFIO_DEVICE_PCI_HOT_RESET).
    *
-   * @param groupFds With the legacy backend, the fds of every group in {@link hotResetInfo}; with
-   *   iommufd (cdev), none: the kernel checks that the caller owns every affected device.
+   * @param groupFds With the legacy backend, the fds of every group in {@link hotResetInfo}
+   *   (default: the groups of the device's container); with iommufd (cdev), none: the kernel checks
+   *   that the iommufd owns every affected device.
    * @throws {VfioError} If the kernel refuses (EPERM: an affected device is not owned).
    */
-  hotReset(groupFds: readonly number[] = []): void {
+  hotReset(groupFds: readonly number[] = this.#hotResetGroupFds()): void {
     const s = vfio_pci_hot_reset.alloc(4 * groupFds.length);
     s.set("count", groupFds.length);
     groupFds.forEach((fd, i) => s.view.setInt32(vfio_pci_hot_reset.size + 4 * i, fd, true));
@@ -308,18 +319,16 @@ export class VfioDevice implements Disposable {
   /** Closes interrupts, register mappings and the fd, in that order. Idempotent. */
   close(): void {
     if (this.#fd.closed) return;
-    try {
-      for (const irq of [...this.#irqs].reverse()) irq.close();
-      for (const r of this.#regions.values()) r.closeAll();
-    } finally {
-      try {
-        this.#fd.close();
-      } finally {
-        for (const fn of this.#onClose.splice(0)) fn();
-      }
-    }
+    // An IRQ that cannot be disabled must not leave the BARs mapped and the device open.
+    runAll(this.name, [
+      ...[...this.#irqs].reverse().map((irq) => () => irq.close()),
+      ...[...this.#regions.values()].map((r) => () => r.closeAll()),
+      () => this.#fd.close(),
+      ...this.#onClose.splice(0),
+    ]);
   }
 
+  /** Closes the device, as {@link close}. */
   [Symbol.dispose](): void {
     this.close();
   }

@@ -108,6 +108,7 @@ export class DmaBuffer implements Disposable {
     f();
   }
 
+  /** Frees the buffer, as {@link free}. */
   [Symbol.dispose](): void {
     this.free();
   }
@@ -130,14 +131,18 @@ export class DmaPool implements Disposable {
   readonly #buffers = new Set<DmaBuffer>();
   #closed = false;
 
+  readonly #forget: () => void;
+
   /**
+   * Creates a pool over a backend's IOVA ranges; it closes with the backend.
+   *
    * @param sys The syscall backend.
    * @param backend The IOMMU address space to map into.
    * @param options Device addressing limits.
    */
   constructor(readonly sys: Sys, readonly backend: IommuBackend, readonly options: DmaPoolOptions = {}) {
     this.#allocator = new IovaAllocator(backend.iovaRanges(), backend.iommuPageSize);
-    backend.onClose(() => this.close());
+    this.#forget = backend.onClose(() => this.close());
   }
 
   /** The IOVA allocator, for inspection. */
@@ -196,15 +201,14 @@ export class DmaPool implements Disposable {
     const memory = this.sys.memory(vaddr, length);
     const buf: DmaBuffer = new DmaBuffer(at, vaddr, length, memory, () => {
       this.#buffers.delete(buf);
-      try {
-        // The mapping is gone already when the backend closed or its last group left.
-        if (!this.backend.closed && this.backend.mappings.get(at) === BigInt(length)) {
-          this.backend.unmapDma(at, BigInt(length));
-        }
-      } finally {
-        this.#allocator.free(at, BigInt(length));
-        check(this.sys.munmap(vaddr, length), { op: "munmap", action: "free DMA memory" });
+      // The mapping is gone already when the backend closed or its last group left.
+      if (!this.backend.closed && this.backend.mappings.get(at) === BigInt(length)) {
+        // If this throws, the IOVA stays allocated and the pages stay mapped: the device may still
+        // reach them, so neither may be reused.
+        this.backend.unmapDma(at, BigInt(length));
       }
+      this.#allocator.free(at, BigInt(length));
+      check(this.sys.munmap(vaddr, length), { op: "munmap", action: "free DMA memory" });
     });
     this.#buffers.add(buf);
     return buf;
@@ -219,9 +223,11 @@ export class DmaPool implements Disposable {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#forget();
     for (const b of [...this.#buffers].reverse()) b.free();
   }
 
+  /** Closes the pool, as {@link close}. */
   [Symbol.dispose](): void {
     this.close();
   }

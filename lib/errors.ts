@@ -49,6 +49,8 @@ export class VfioError extends Error {
   readonly hint: string | undefined;
 
   /**
+   * Builds the error and its message from the failed operation.
+   *
    * @param init The operation, errno, path, action and hint.
    */
   constructor(init: VfioErrorInit) {
@@ -105,4 +107,26 @@ export function check(
   if (ret >= 0) return ret;
   const code = errnoName(-ret);
   throw new VfioError({ ...init, errno: -ret, hint: init.hint ?? init.hints?.(code) });
+}
+
+/**
+ * Runs every teardown step even when one fails, then reports the failures: the single error, or
+ * an AggregateError. Teardown that stopped at the first error would leave the rest open (a BAR
+ * mapped, a group busy in the kernel).
+ *
+ * @param what What is being torn down, for the AggregateError's message.
+ * @param steps The steps, in order.
+ * @throws {Error} The one failure, or an AggregateError of several.
+ */
+export function runAll(what: string, steps: Iterable<() => void>): void {
+  const errors: unknown[] = [];
+  for (const step of steps) {
+    try {
+      step();
+    } catch (e) {
+      errors.push(e);
+    }
+  }
+  if (errors.length === 1) throw errors[0];
+  if (errors.length > 1) throw new AggregateError(errors, `Cannot close ${what} cleanly`);
 }

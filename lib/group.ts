@@ -32,6 +32,8 @@ export interface GroupMember {
 /** The group cannot be used: a device in it is bound to a driver other than vfio-pci. */
 export class GroupNotViableError extends VfioError {
   /**
+   * Names the group and the devices that keep it from being viable.
+   *
    * @param group The group number.
    * @param path The group node.
    * @param blockers The devices bound to other drivers.
@@ -123,6 +125,11 @@ export class VfioGroup implements Disposable {
    */
   static forDevice(sys: Sys, bdf: string): VfioGroup {
     return VfioGroup.open(sys, iommuGroupOf(sys, bdf));
+  }
+
+  /** The group fd. @throws {TypeError} If closed. */
+  get fd(): number {
+    return this.#fd.fd;
   }
 
   /** The group node's path. */
@@ -241,7 +248,12 @@ export class VfioGroup implements Disposable {
         return undefined;
       },
     );
-    const device = new VfioDevice(this.sys, new OwnedFd(this.sys, fd, `${this.path} (${name})`), name);
+    // A hot reset must present every affected group: those of the container, or this one alone.
+    const resetFds = () => {
+      const groups = this.#container ? [...this.#container.groups] : [this as VfioGroup];
+      return groups.filter((g) => !g.closed).map((g) => g.fd);
+    };
+    const device = new VfioDevice(this.sys, new OwnedFd(this.sys, fd, `${this.path} (${name})`), name, resetFds);
     this.#devices.add(device);
     device.onClose(() => {
       this.#devices.delete(device);
@@ -272,6 +284,7 @@ export class VfioGroup implements Disposable {
     c.groupDetached(this);
   }
 
+  /** Closes the group, as {@link close}. */
   [Symbol.dispose](): void {
     this.close();
   }

@@ -5,6 +5,7 @@
  * @module
  */
 import type { VfioDevice } from "./device.ts";
+import { runAll } from "./errors.ts";
 
 /** An inclusive IOVA range `[start, last]` that the IOMMU can map. */
 export interface IovaRange {
@@ -69,10 +70,32 @@ export interface IommuBackend extends Disposable {
    * (DMA buffers use it to unmap and free their memory).
    *
    * @param fn The teardown.
+   * @returns A function that unregisters it (for an owner that closes first).
    */
-  onClose(fn: () => void): void;
+  onClose(fn: () => void): () => void;
   /** Unmaps, closes the devices it opened, and releases the address space. Idempotent. */
   close(): void;
+}
+
+/**
+ * What each backend does in the kernel, as a table of operations (libvfn's `iommu_ctx_ops`):
+ * {@link IommuBase} checks arguments and keeps the books, then calls these.
+ */
+export interface IommuOps {
+  /** Maps an already checked range. */
+  map(vaddr: bigint, iova: bigint, size: bigint, access: Required<DmaAccess>): void;
+  /** Unmaps exactly one known mapping. */
+  unmap(iova: bigint, size: bigint): void;
+  /** Unmaps everything in the address space. */
+  unmapAll(): void;
+  /** The IOVA ranges the kernel reports. */
+  iovaRanges(): IovaRange[];
+  /** Opens a device into the address space. */
+  openDevice(bdf: string): VfioDevice;
+  /** Whether the kernel still holds the address space (mappings die with it). */
+  alive(): boolean;
+  /** Releases the address space and closes the backend's own descriptors. */
+  release(): void;
 }
 
 /**
@@ -93,20 +116,12 @@ export abstract class IommuBase implements IommuBackend {
   abstract readonly path: string;
   /** The smallest IOMMU page size; mappings must be aligned to it. */
   abstract readonly iommuPageSize: bigint;
-
-  protected abstract doMap(vaddr: bigint, iova: bigint, size: bigint, access: DmaAccess): void;
-  protected abstract doUnmap(iova: bigint, size: bigint): void;
-  protected abstract doUnmapAll(): void;
-  protected abstract doIovaRanges(): IovaRange[];
-  protected abstract doOpenDevice(bdf: string): VfioDevice;
-  /** Releases the address space and closes the backend's own descriptors. */
-  protected abstract release(): void;
-  /** Whether the kernel still holds the address space (mappings die with it). */
-  protected abstract get alive(): boolean;
+  /** The backend's kernel calls, after this class has checked the arguments. */
+  protected abstract readonly ops: IommuOps;
 
   /** Throws if the backend was closed. */
   protected assertOpen(): void {
-    if (this.#closed) throw new TypeError(`Cannot use ${this.path}: the ${this.kind} backend is closed`);
+    if (this.#closed) throw new TypeError(`Cannot use ${this.path}: the IOMMU backend is closed`);
   }
 
   /** Whether {@link close} has run. */
@@ -124,10 +139,15 @@ export abstract class IommuBase implements IommuBackend {
    * their memory while the address space still exists).
    *
    * @param fn The teardown; it must not throw.
+   * @returns A function that unregisters it.
    */
-  onClose(fn: () => void): void {
+  onClose(fn: () => void): () => void {
     this.assertOpen();
     this.#onClose.push(fn);
+    return () => {
+      const i = this.#onClose.indexOf(fn);
+      if (i >= 0) this.#onClose.splice(i, 1);
+    };
   }
 
   mapDma(vaddr: bigint, iova: bigint, size: bigint, access: DmaAccess = {}): void {
@@ -154,7 +174,7 @@ export abstract class IommuBase implements IommuBackend {
         );
       }
     }
-    this.doMap(vaddr, iova, size, { read: access.read ?? true, write: access.write ?? true });
+    this.ops.map(vaddr, iova, size, { read: access.read ?? true, write: access.write ?? true });
     this.#mappings.set(iova, size);
   }
 
@@ -166,24 +186,24 @@ export abstract class IommuBase implements IommuBackend {
           "no mapping starts there with that size",
       );
     }
-    this.doUnmap(iova, size);
+    this.ops.unmap(iova, size);
     this.#mappings.delete(iova);
   }
 
   unmapAll(): void {
     this.assertOpen();
-    if (this.translates && this.alive) this.doUnmapAll();
+    if (this.translates && this.ops.alive()) this.ops.unmapAll();
     this.#mappings.clear();
   }
 
   iovaRanges(): IovaRange[] {
     this.assertOpen();
-    return this.doIovaRanges();
+    return this.ops.iovaRanges();
   }
 
   openDevice(bdf: string): VfioDevice {
     this.assertOpen();
-    const device = this.doOpenDevice(bdf);
+    const device = this.ops.openDevice(bdf);
     this.devices.add(device);
     device.onClose(() => this.devices.delete(device));
     return device;
@@ -196,25 +216,20 @@ export abstract class IommuBase implements IommuBackend {
 
   close(): void {
     if (this.#closed) return;
-    const errors: unknown[] = [];
-    const attempt = (fn: () => void) => {
-      try {
-        fn();
-      } catch (e) {
-        errors.push(e);
-      }
-    };
     // Reverse order of setup: buffers (which unmap themselves), remaining mappings, devices, then
     // the address space and its descriptors.
-    for (const fn of this.#onClose.splice(0).reverse()) attempt(fn);
-    attempt(() => this.unmapAll());
-    for (const d of [...this.devices].reverse()) attempt(() => d.close());
-    this.#closed = true;
-    attempt(() => this.release());
-    if (errors.length === 1) throw errors[0];
-    if (errors.length > 1) throw new AggregateError(errors, `Cannot close ${this.path} cleanly`);
+    runAll(this.path, [
+      ...this.#onClose.splice(0).reverse(),
+      () => this.unmapAll(),
+      ...[...this.devices].reverse().map((d) => () => d.close()),
+      () => {
+        this.#closed = true;
+        this.ops.release();
+      },
+    ]);
   }
 
+  /** Closes the backend, as {@link close}. */
   [Symbol.dispose](): void {
     this.close();
   }

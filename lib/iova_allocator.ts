@@ -29,6 +29,8 @@ export class IovaAllocator {
   #free: IovaRange[];
 
   /**
+   * Starts with every page of `ranges` free, except page 0.
+   *
    * @param ranges The usable IOVA ranges (from the IOMMU backend).
    * @param pageSize The IOMMU page size; every allocation is a multiple of it.
    * @throws {RangeError} If the page size is not a power of two.

@@ -201,7 +201,10 @@ export class VfioIrq implements Disposable {
       check(r, { op: "read", action: `wait for IRQ ${this.index}` });
       return Number(b[0]);
     } finally {
+      // One eventfd read takes the whole count, so a wake-up reaches one reader per eventfd:
+      // each reader woken by close wakes the next, and the last closes the eventfds.
       if (--this.#pending === 0 && this.#deferredClose) this.#closeEventfds();
+      else if (this.#deferredClose) this.#wake();
     }
   }
 
@@ -218,25 +221,26 @@ export class VfioIrq implements Disposable {
     }
   }
 
+  /** Iterates vector 0, as {@link interrupts}. */
   [Symbol.asyncIterator](): AsyncGenerator<number> {
     return this.interrupts(0);
   }
 
   /** Fires vectors from software (SET_IRQS DATA_NONE | ACTION_TRIGGER): the loopback test. */
   trigger(start = 0, count = 1): void {
-    this.#efd(start + count - 1);
+    this.#efd(start), this.#efd(start + count - 1);
     setIrqs(this.fd, this.index, VFIO_IRQ_SET_ACTION_TRIGGER, start, count);
   }
 
   /** Masks vectors (ACTION_MASK). @throws {VfioError} If the index is not maskable. */
   mask(start = 0, count = 1): void {
-    this.#efd(start + count - 1);
+    this.#efd(start), this.#efd(start + count - 1);
     setIrqs(this.fd, this.index, VFIO_IRQ_SET_ACTION_MASK, start, count);
   }
 
   /** Unmasks vectors (ACTION_UNMASK), e.g. INTx after handling an automasked interrupt. */
   unmask(start = 0, count = 1): void {
-    this.#efd(start + count - 1);
+    this.#efd(start), this.#efd(start + count - 1);
     setIrqs(this.fd, this.index, VFIO_IRQ_SET_ACTION_UNMASK, start, count);
   }
 
@@ -265,8 +269,7 @@ export class VfioIrq implements Disposable {
     } finally {
       if (this.#pending > 0) {
         this.#deferredClose = true;
-        const one = new Uint8Array(new BigUint64Array([1n]).buffer);
-        for (const e of this.#eventfds) this.sys.write(e, one);
+        this.#wake();
       } else {
         this.#closeEventfds();
       }
@@ -274,10 +277,16 @@ export class VfioIrq implements Disposable {
     }
   }
 
+  #wake(): void {
+    const one = new Uint8Array(new BigUint64Array([1n]).buffer);
+    for (const e of this.#eventfds) this.sys.write(e, one);
+  }
+
   #closeEventfds(): void {
     for (const e of this.#eventfds.splice(0)) this.sys.close(e);
   }
 
+  /** Closes the IRQ, as {@link close}. */
   [Symbol.dispose](): void {
     this.close();
   }

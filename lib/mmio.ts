@@ -44,6 +44,8 @@ export class Registers implements Disposable {
   readonly #onClose: () => void;
 
   /**
+   * Made by {@link VfioRegion.registers}; takes ownership of the mappings behind `segments`.
+   *
    * @param name The region's name for messages, e.g. `0000:00:04.0 BAR0`.
    * @param size The region's size in bytes.
    * @param path Which path is in use (for inspection).
@@ -137,6 +139,7 @@ export class Registers implements Disposable {
     this.#onClose();
   }
 
+  /** Closes the registers, as {@link close}. */
   [Symbol.dispose](): void {
     this.close();
   }

@@ -7,7 +7,9 @@
 import { VfioContainer } from "./container.ts";
 import type { VfioDevice } from "./device.ts";
 import { DmaPool, type DmaPoolOptions } from "./dma.ts";
+import { IOMMUFD_PATH, IommufdIoas } from "./iommufd.ts";
 import type { IommuBackend } from "./iommu.ts";
+import { canonicalPciAddress } from "./pci_address.ts";
 import type { Sys } from "./sys.ts";
 
 /** Which IOMMU backend to use. */
@@ -35,9 +37,7 @@ export interface OpenOptions extends DmaPoolOptions {
  */
 export function openIommu(sys: Sys, options: OpenOptions = {}): IommuBackend {
   const choice = chooseBackend(sys, options.backend);
-  if (choice === "iommufd") {
-    throw new TypeError("Cannot open the iommufd backend: it is not available in this build");
-  }
+  if (choice === "iommufd") return IommufdIoas.open(sys);
   return VfioContainer.open(sys, options.iommuType === undefined ? {} : { iommuType: options.iommuType });
 }
 
@@ -55,7 +55,11 @@ export function chooseBackend(sys: Sys, choice: BackendChoice = "auto"): "legacy
   if (requested !== "auto") {
     throw new TypeError(`Cannot use VFIO backend ${JSON.stringify(requested)}: expected auto, legacy or iommufd`);
   }
-  return "legacy";
+  // As libvfn does: iommufd when the kernel has both /dev/iommu and device cdevs.
+  const dev = sys.readDir("/dev");
+  const cdevs = sys.readDir("/dev/vfio/devices");
+  const hasIommufd = Array.isArray(dev) && dev.includes(IOMMUFD_PATH.slice("/dev/".length));
+  return hasIommufd && Array.isArray(cdevs) && cdevs.length > 0 ? "iommufd" : "legacy";
 }
 
 /** A device opened with its own IOMMU backend and DMA pool; disposing it releases all three. */
@@ -82,6 +86,7 @@ export interface OpenedDevice extends Disposable {
  * @throws {VfioError} With the errno and the fix, if any step fails; nothing stays open then.
  */
 export function openPciDevice(sys: Sys, bdf: string, options: OpenOptions = {}): OpenedDevice {
+  canonicalPciAddress(bdf); // reject a malformed address before opening anything
   const backend = openIommu(sys, options);
   try {
     const device = backend.openDevice(bdf);

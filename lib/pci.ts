@@ -176,6 +176,8 @@ export class PciConfig {
   readonly #io: ConfigIo;
 
   /**
+   * Wraps a config-space accessor.
+   *
    * @param io The config region (`device.region(VFIO_PCI_CONFIG_REGION_INDEX)`) or any {@link ConfigIo}.
    */
   constructor(io: ConfigIo) {

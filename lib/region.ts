@@ -5,7 +5,7 @@
  * @module
  */
 import { capabilityChain } from "./caps.ts";
-import { check, VfioError } from "./errors.ts";
+import { check, runAll, VfioError } from "./errors.ts";
 import type { OwnedFd } from "./fd.ts";
 import { type MmioPath, type MmioSegment, Registers } from "./mmio.ts";
 import type { RawMmio, Sys } from "./sys.ts";
@@ -143,6 +143,8 @@ export class VfioRegion {
   readonly #live = new Set<Registers>();
 
   /**
+   * Made by {@link VfioDevice.region}.
+   *
    * @param sys The syscall backend.
    * @param fd The device fd.
    * @param info The region's info.
@@ -312,7 +314,7 @@ export class VfioRegion {
     const used: MmioPath = segments.length ? "mmap" : "pread";
     const regs = new Registers(this.name, this.info.size, used, segments, this.kernelIo, () => {
       this.#live.delete(regs);
-      for (const m of mappings) this.unmap(m);
+      runAll(this.name, mappings.map((m) => () => this.unmap(m)));
     });
     this.#live.add(regs);
     return regs;
@@ -320,6 +322,6 @@ export class VfioRegion {
 
   /** Closes every {@link Registers} over this region, unmapping them. Called by the device. */
   closeAll(): void {
-    for (const r of [...this.#live]) r.close();
+    runAll(this.name, [...this.#live].map((r) => () => r.close()));
   }
 }

@@ -27,23 +27,50 @@ const basename = (p: string) => p.slice(p.lastIndexOf("/") + 1);
  * @throws {VfioError} If the device does not exist or has no IOMMU group.
  */
 export function iommuGroupOf(sys: Sys, bdf: string): number {
-  const dir = pciDeviceDir(bdf);
-  const link = sys.readLink(`${dir}/iommu_group`);
+  const name = requirePciDevice(sys, bdf);
+  const path = `${pciDeviceDir(name)}/iommu_group`;
+  const link = sys.readLink(path);
   if (typeof link === "number") {
-    const exists = typeof sys.readLink(dir) === "string" || typeof sys.readText(`${dir}/vendor`) === "string";
+    // Without an IOMMU, vfio's no-IOMMU mode makes a group only for a device bound to vfio-pci.
+    const noiommu = sys.readText("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode");
     throw new VfioError({
       op: "readlink",
       errno: -link,
-      path: `${dir}/iommu_group`,
-      action: `find the IOMMU group of ${canonicalPciAddress(bdf)}`,
-      hint: exists
-        ? "the device has no IOMMU group: enable the IOMMU (intel_iommu=on or amd_iommu=on on the kernel " +
+      path,
+      action: `find the IOMMU group of ${name}`,
+      hint: typeof noiommu === "string" && noiommu.trim() === "Y"
+        ? `${name} is bound to ${driverOf(sys, name) ?? "no driver"}, not vfio-pci, and in no-IOMMU mode ` +
+          `only vfio-pci devices have a group: run \`vfio bind ${name}\``
+        : "the device has no IOMMU group: enable the IOMMU (intel_iommu=on or amd_iommu=on on the kernel " +
           "command line, with VT-d/AMD-Vi on in firmware), or for devices without one load vfio with " +
-          "enable_unsafe_noiommu_mode=1"
-        : `no PCI device ${canonicalPciAddress(bdf)}: see lspci or \`vfio list\``,
+          "enable_unsafe_noiommu_mode=1",
     });
   }
   return Number(basename(link));
+}
+
+/**
+ * Checks that a PCI device exists.
+ *
+ * @param sys The syscall backend.
+ * @param bdf The device's PCI address.
+ * @returns Its canonical address.
+ * @throws {TypeError} If `bdf` is not a PCI address.
+ * @throws {VfioError} If no such device exists.
+ */
+export function requirePciDevice(sys: Sys, bdf: string): string {
+  const name = canonicalPciAddress(bdf);
+  const vendor = sys.readText(`${pciDeviceDir(name)}/vendor`);
+  if (typeof vendor === "number") {
+    throw new VfioError({
+      op: "open",
+      errno: -vendor,
+      path: pciDeviceDir(name),
+      action: `find PCI device ${name}`,
+      hint: `no PCI device ${name}: see lspci or \`vfio list\``,
+    });
+  }
+  return name;
 }
 
 /**

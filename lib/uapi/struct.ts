@@ -14,6 +14,19 @@ export type FieldType = "u8" | "u16" | "s16" | "u32" | "s32" | "u64";
 /** One field: its C type and its byte offset from the start of the struct. */
 export type Field = readonly [type: FieldType, offset: number];
 
+/** A `__u8` field's layout entry, for typing a {@link StructDef}'s fields. */
+export type U8 = readonly ["u8", number];
+/** A `__u16` field's layout entry, for typing a {@link StructDef}'s fields. */
+export type U16 = readonly ["u16", number];
+/** A `short` (`__s16`) field's layout entry, for typing a {@link StructDef}'s fields. */
+export type S16 = readonly ["s16", number];
+/** A `__u32` field's layout entry, for typing a {@link StructDef}'s fields. */
+export type U32 = readonly ["u32", number];
+/** A `__s32` (`int`) field's layout entry, for typing a {@link StructDef}'s fields. */
+export type S32 = readonly ["s32", number];
+/** A `__u64` field's layout entry, for typing a {@link StructDef}'s fields; it reads as bigint. */
+export type U64 = readonly ["u64", number];
+
 /** The fields of a struct, by their kernel names. */
 export type Fields = Record<string, Field>;
 

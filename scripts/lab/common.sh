@@ -9,6 +9,9 @@ lab_die() { echo "lab: error: $*" >&2; exit 1; }
 lab_progress() { if [ -t 2 ]; then printf '\rlab: %s\033[K' "$*" >&2; else echo "lab: $*" >&2; fi; }
 lab_progress_done() { [ -t 2 ] && printf '\n' >&2; return 0; }
 
+# Runs a command as root (apt needs it), through sudo when the caller is not root.
+lab_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
 # Install Debian packages that are missing (the lab's only system dependencies).
 lab_need_apt() {
   local need="" p
@@ -17,8 +20,7 @@ lab_need_apt() {
   done
   [ -z "$need" ] && return 0
   lab_log "installing apt packages:$need"
-  local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq >&2 || lab_die "apt-get update failed"
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $need >&2 \
+  lab_root apt-get update -qq >&2 || lab_die "apt-get update failed"
+  lab_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >&2 \
     || lab_die "apt-get install$need failed"
 }

@@ -30,7 +30,8 @@
 #                 share an IOMMU group, so the group of 00:06.0 is not viable under intel-iommu.
 #
 # Exit status: the command's; 124 when the guest timed out; 125 when the guest never reported a
-# status (boot failure, kernel panic, QEMU error); 2 on bad usage. The console streams to stderr and a
+# status (boot failure, kernel panic, QEMU error); 1 when the host side failed (kernel fetch or build,
+# an impossible combination), with a "lab: error:" line; 2 on bad usage. The console streams to stderr and a
 # copy stays in $VFIO_LAB_CACHE/logs/<name>.log (older runs: <name>-<time>.log).
 # Host needs: apt (installs qemu-system-x86 busybox-static cpio kmod xz-utils zstd when missing).
 # KVM is not used: nested hosts fail with stock kernels, and TCG boots in a few seconds.
@@ -158,8 +159,8 @@ qemu_args() {
   local append="console=ttyS0 loglevel=4 panic=-1" machine=q35,accel=tcg
   QARGS=()
   if [ "$IOMMU" = intel ]; then
-    # Interrupt remapping is required: without it VFIO_SET_IOMMU fails with EPERM. It needs the split
-    # irqchip, and the IOMMU must be created before the PCI devices it translates for.
+    # Interrupt remapping is required: without it VFIO_SET_IOMMU fails with EPERM. (QEMU wants the split
+    # irqchip for intremap under KVM; under TCG it is harmless.) The IOMMU goes before the PCI devices.
     machine+=,kernel-irqchip=split
     QARGS+=(-device intel-iommu,intremap=on)
     append+=" intel_iommu=on"

@@ -37,7 +37,7 @@ resolve_pkg() {
 pkg=${VFIO_LAB_STOCK_PKG:-}
 if [ -z "$pkg" ]; then
   pkg=$(resolve_pkg) || { lab_log "no 6.12 kernel package in the apt lists; running apt-get update"; \
-    apt-get update -qq >&2 || true; pkg=$(resolve_pkg) || true; }
+    lab_root apt-get update -qq >&2 || true; pkg=$(resolve_pkg) || true; }
 fi
 if [ -z "$pkg" ]; then
   # Offline, or the sources lost bookworm-security: a kernel fetched earlier is still good.
@@ -59,7 +59,7 @@ start=$(date +%s)
 # As root, apt would try to drop to its _apt user, which cannot write into a private cache dir.
 sandbox=(); [ "$(id -u)" = 0 ] && sandbox=(-o APT::Sandbox::User=root)
 download() { (cd "$tmp/deb" && apt-get download -q "${sandbox[@]}" "$pkg" >&2); }
-download || { apt-get update -qq >&2 && download; } || lab_die "apt-get download $pkg failed"
+download || { lab_root apt-get update -qq >&2 && download; } || lab_die "apt-get download $pkg failed"
 lab_progress_done
 lab_progress "unpacking $pkg"
 dpkg-deb -x "$tmp"/deb/*.deb "$tmp/x"

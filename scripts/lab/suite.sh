@@ -84,7 +84,7 @@ run_config() { # CONFIG
   VFIO_TS_LAB_CONFIG=$cfg "$here/run.sh" --kernel "$kernel" --iommu "$iommu" --name "$cfg" -- "$(guest_cmd "$cfg")" || rc=$?
   if [ "$rc" != 0 ]; then
     lab_log "$cfg: FAILED: the guest did not boot or report (status $rc; console log: $VFIO_LAB_CACHE/logs/$cfg.log)"
-    junit_failure "$OUT/$cfg-boot.xml" "lab $cfg" "guest boot" \
+    junit_failure "$OUT/$cfg-boot.xml" "lab $cfg" "the guest boots and reports a status" \
       "the lab guest failed with status $rc (124: timeout; console log: $VFIO_LAB_CACHE/logs/$cfg.log)"
     rm -f "$OUT/.status-$cfg"-*
     return 1

@@ -11,6 +11,7 @@
  */
 import { readdirSync } from "node:fs";
 import { loadSys } from "../../ffi/mod.ts";
+import type { Registers } from "../../lib/mmio.ts";
 import type { Sys } from "../../lib/sys.ts";
 
 export const EDU = "0000:00:04.0";
@@ -82,3 +83,19 @@ export function backends(): BackendMode[] {
   }
   return modes;
 }
+
+/**
+ * Puts edu back in a known state (it has no reset): interrupts acknowledged, no interrupt on
+ * factorial completion, no DMA in flight. Tests that use edu's registers call it first.
+ */
+export function quiesceEdu(bar0: Registers): void {
+  bar0.write32(edu.STATUS, 0);
+  const deadline = Date.now() + 5000;
+  while (bar0.read32(edu.DMA_CMD) & edu.DMA_START) {
+    if (Date.now() > deadline) throw new Error("edu DMA did not finish");
+  }
+  bar0.write32(edu.IRQ_ACK, bar0.read32(edu.IRQ_STATUS));
+}
+
+/** Long lab tests (1000 cycles under TCG) get this timeout; Bun's default is 5 s. */
+export const LONG = { timeout: 300_000 };

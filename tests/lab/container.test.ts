@@ -69,7 +69,7 @@ test("group: a group with a device on another driver is not viable, and the erro
   if (!HAS_IOMMU) return assertNoiommuGroupsAreSingletons();
   const group = iommuGroupOf(sys, EDU2);
   assert.equal(iommuGroupOf(sys, BLOCKER), group, "the lab puts 06.0 and 06.1 in one group");
-  using g = VfioGroup.open(sys, group);
+  const g = VfioGroup.open(sys, group);
   assert.equal(g.status().viable, false);
   using c = VfioContainer.open(sys);
   assert.throws(() => g.setContainer(c), (e: unknown) => {
@@ -79,6 +79,7 @@ test("group: a group with a device on another driver is not viable, and the erro
     assert.match(e.message, /vfio bind 0000:00:06\.1/);
     return true;
   });
+  g.close();
   // The high-level path reports the same, and leaves nothing open.
   assert.throws(() => c.openDevice(EDU2), GroupNotViableError);
   assert.equal(c.groups.size, 0);

@@ -8,7 +8,7 @@ import { openIommu, openPciDevice } from "../../lib/open.ts";
 import type { Registers } from "../../lib/mmio.ts";
 import { MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE } from "../../lib/uapi/libc.ts";
 import { VFIO_IOMMU_MAP_DMA, vfio_iommu_type1_dma_map } from "../../lib/uapi/vfio.ts";
-import { backends, EDU, edu, HAS_IOMMU, sleep, sys } from "./_fixture.ts";
+import { backends, EDU, edu, HAS_IOMMU, quiesceEdu, sleep, sys } from "./_fixture.ts";
 
 async function eduDma(bar0: Registers, src: bigint, dst: bigint, count: number, toRam: boolean) {
   bar0.write64(edu.DMA_SRC, src);
@@ -40,6 +40,7 @@ for (const mode of HAS_IOMMU ? backends() : []) {
     using v = openPciDevice(sys, EDU, { ...mode.options, limit: edu.DMA_LIMIT });
     v.device.config.enableBusMaster();
     using bar0 = v.device.registers(0);
+    quiesceEdu(bar0);
     using src = v.dma.alloc(4096);
     using dst = v.dma.alloc(4096);
     assert.ok(src.iova > 0n && src.iova + 4096n - 1n <= edu.DMA_LIMIT);

@@ -4,7 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { openPciDevice } from "../../lib/open.ts";
 import { VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from "../../lib/uapi/vfio.ts";
-import { backends, EDU, edu, NVME, sys } from "./_fixture.ts";
+import { backends, EDU, edu, NVME, quiesceEdu, sys } from "./_fixture.ts";
 
 for (const mode of backends()) {
   test(`${mode.name}: edu IRQ info lists INTx and one MSI vector`, () => {
@@ -22,6 +22,7 @@ for (const mode of backends()) {
     using v = openPciDevice(sys, EDU, mode.options);
     v.device.config.enableBusMaster();
     using bar0 = v.device.registers(0);
+    quiesceEdu(bar0);
     using msi = v.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX, 1);
     assert.equal(msi.wait(0, 0), 0, "nothing pending before the device raises");
     bar0.write32(edu.IRQ_RAISE, 0x1);
@@ -43,22 +44,23 @@ for (const mode of backends()) {
     using v = openPciDevice(sys, EDU, mode.options);
     v.device.config.enableBusMaster();
     using bar0 = v.device.registers(0);
+    quiesceEdu(bar0);
     using msi = v.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX, 1);
-    let ticks = 0;
-    const timer = setInterval(() => ticks++, 1);
     try {
+      // The wait starts before anything can raise the interrupt, and the factorial is only started
+      // from a timer: if next() blocked the thread, the timer could never run and this would hang.
       const pending = msi.next();
-      bar0.write32(edu.STATUS, edu.STATUS_IRQ_ON_FINISH);
-      bar0.write32(edu.FACTORIAL, 12);
-      // Keep the loop busy with timers while the read waits on another thread.
-      await new Promise((r) => setTimeout(r, 30));
+      let timerRan = false;
+      setTimeout(() => {
+        timerRan = true;
+        bar0.write32(edu.STATUS, edu.STATUS_IRQ_ON_FINISH);
+        bar0.write32(edu.FACTORIAL, 12);
+      }, 10);
       assert.equal(await pending, 1);
-      assert.ok(ticks > 3, `timers ran while waiting (${ticks})`);
+      assert.equal(timerRan, true);
       assert.equal(bar0.read32(edu.FACTORIAL), 479001600);
-      bar0.write32(edu.IRQ_ACK, bar0.read32(edu.IRQ_STATUS));
     } finally {
-      clearInterval(timer);
-      bar0.write32(edu.STATUS, 0);
+      quiesceEdu(bar0);
     }
   });
 
@@ -93,6 +95,7 @@ for (const mode of backends()) {
   test(`${mode.name}: edu INTx arrives, is automasked, and fires again after unmask`, () => {
     using v = openPciDevice(sys, EDU, mode.options);
     using bar0 = v.device.registers(0);
+    quiesceEdu(bar0);
     using intx = v.device.enableIrq(VFIO_PCI_INTX_IRQ_INDEX, 1);
     bar0.write32(edu.IRQ_RAISE, 0x2);
     assert.equal(intx.wait(0, 5000), 1);

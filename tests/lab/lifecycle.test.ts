@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { VfioContainer } from "../../lib/container.ts";
 import { VfioGroup } from "../../lib/group.ts";
 import { openPciDevice } from "../../lib/open.ts";
-import { backends, EDU, edu, openFds, sys } from "./_fixture.ts";
+import { backends, EDU, edu, LONG, openFds, sys } from "./_fixture.ts";
 
 function permutations<T>(xs: T[]): T[][] {
   if (xs.length <= 1) return [xs];
@@ -39,7 +39,7 @@ for (const order of permutations(["container", "group", "device"] as const)) {
 }
 
 for (const mode of backends()) {
-  test(`${mode.name}: 1000 open/close cycles leave no file descriptor behind`, () => {
+  test(`${mode.name}: 1000 open/close cycles leave no file descriptor behind`, LONG, () => {
     const before = openFds();
     for (let i = 0; i < 1000; i++) {
       using v = openPciDevice(sys, EDU, mode.options);

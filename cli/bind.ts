@@ -1,0 +1,275 @@
+/**
+ * `vfio bind BDF` and `vfio unbind BDF`: move a device to vfio-pci and back, through the kernel's
+ * driver_override mechanism (Documentation/ABI/testing/sysfs-bus-pci).
+ *
+ * `bind` records the driver the device had in /run/vfio-ts/BDF.driver (an empty file when it had
+ * none) before it moves the device, and prints it. /run is a tmpfs, so the record lasts exactly as
+ * long as the binding does: until reboot. `unbind` gives the device back to that driver, or to the
+ * one named with `--driver`, or, with no record, to whatever the kernel's driver matching picks.
+ *
+ * @module
+ */
+import { mkdirSync, rmSync } from "node:fs";
+import process from "node:process";
+import { check } from "../lib/errors.ts";
+import type { Sys } from "../lib/sys.ts";
+import { PCI_DEVICES, requirePciDevice } from "../lib/sysfs.ts";
+import { driverName, groupNodePath, groupNumber, isVfioDriver, vfioNodes } from "./devices.ts";
+
+/** Where `bind` records each device's previous driver. */
+export const STATE_DIR = "/run/vfio-ts";
+
+/** A condition the CLI reports as one line and a non-zero exit, without an errno. */
+export class CliError extends Error {
+  /**
+   * @param message The message: "Cannot …: what to do".
+   * @param exitCode The process's exit status: 1 for a failure, 2 for bad usage.
+   */
+  constructor(message: string, readonly exitCode = 1) {
+    super(message);
+    this.name = "CliError";
+  }
+}
+
+/** What `vfio bind --json` prints. */
+export interface BindResult {
+  /** The output format's version. */
+  version: 1;
+  /** The device. */
+  bdf: string;
+  /** Its driver now (vfio-pci). */
+  driver: string | null;
+  /** The driver it had before, null when none; for an already bound device, the recorded one. */
+  previous: string | null;
+  /** Whether this call changed anything. */
+  changed: boolean;
+  /** Where the previous driver is recorded, or null when nothing is. */
+  savedIn: string | null;
+  /** The device's IOMMU group and its node, now that vfio-pci owns it. */
+  iommuGroup: number | null;
+  groupNode: string | null;
+}
+
+/** What `vfio unbind --json` prints. */
+export interface UnbindResult {
+  /** The output format's version. */
+  version: 1;
+  /** The device. */
+  bdf: string;
+  /** Its driver now, null when none. */
+  driver: string | null;
+  /** The driver it was taken from (vfio-pci), or null when it was unbound. */
+  previous: string | null;
+  /** Whether this call changed anything. */
+  changed: boolean;
+}
+
+/**
+ * The file that records a device's driver before `bind`.
+ *
+ * @param bdf A canonical PCI address.
+ * @returns `/run/vfio-ts/<bdf>.driver`.
+ */
+export function statePath(bdf: string): string {
+  return `${STATE_DIR}/${bdf}.driver`;
+}
+
+// Driver names become sysfs paths (/sys/bus/pci/drivers/NAME/bind): nothing but a plain name passes.
+function checkDriverName(name: string, from: string): string {
+  if (!/^[A-Za-z0-9_.+:-]{1,64}$/.test(name) || name === "." || name === "..") {
+    throw new CliError(
+      `Cannot use driver name ${JSON.stringify(name)} from ${from}: it is not a driver name`,
+      2,
+    );
+  }
+  return name;
+}
+
+function requireRoot(action: string): void {
+  if (process.getuid?.() !== 0) {
+    throw new CliError(
+      `Cannot ${action}: sysfs driver bindings can only be changed by root; run it with sudo`,
+    );
+  }
+}
+
+function requireVfioPci(sys: Sys, action: string): void {
+  if (typeof sys.readDir("/sys/bus/pci/drivers/vfio-pci") === "number") {
+    throw new CliError(`Cannot ${action}: the vfio-pci driver is not loaded; run \`modprobe vfio-pci\``);
+  }
+}
+
+function write(sys: Sys, path: string, text: string, action: string): void {
+  check(sys.writeText(path, text), { op: "write", path, action });
+}
+
+// The kernel blocks an unbind until every user of the device has closed it; refusing is kinder.
+function holders(sys: Sys, paths: readonly string[]): string[] {
+  const found: string[] = [];
+  const procs = sys.readDir("/proc");
+  if (typeof procs === "number") return found;
+  for (const pid of procs) {
+    if (!/^\d+$/.test(pid) || Number(pid) === process.pid) continue;
+    const fds = sys.readDir(`/proc/${pid}/fd`);
+    if (typeof fds === "number") continue;
+    const held = fds.map((fd) => sys.readLink(`/proc/${pid}/fd/${fd}`)).find((l) =>
+      paths.includes(String(l))
+    );
+    if (held === undefined) continue;
+    const comm = sys.readText(`/proc/${pid}/comm`);
+    found.push(`process ${pid} (${typeof comm === "string" ? comm.trim() : "?"}) holds ${held}`);
+  }
+  return found;
+}
+
+/**
+ * Binds a device to vfio-pci: records its driver, unbinds it, sets driver_override to vfio-pci
+ * and asks the kernel to probe it. Binding a device already on vfio-pci changes nothing.
+ *
+ * @param sys The syscall backend.
+ * @param bdf The device's PCI address.
+ * @returns What happened.
+ * @throws {CliError} If not root, vfio-pci is not loaded, or vfio-pci did not take the device.
+ * @throws {VfioError} If the device does not exist or a sysfs write fails.
+ */
+export function bind(sys: Sys, bdf: string): BindResult {
+  const name = requirePciDevice(sys, bdf);
+  const action = `bind ${name} to vfio-pci`;
+  const dir = `${PCI_DEVICES}/${name}`;
+  const current = driverName(sys, name);
+  const result = (changed: boolean, previous: string | null, savedIn: string | null): BindResult => {
+    const group = groupNumber(sys, name);
+    return {
+      version: 1,
+      bdf: name,
+      driver: driverName(sys, name),
+      previous,
+      changed,
+      savedIn,
+      iommuGroup: group,
+      groupNode: group === null ? null : groupNodePath(vfioNodes(sys), group),
+    };
+  };
+  if (isVfioDriver(current)) {
+    const saved = sys.readText(statePath(name));
+    const known = typeof saved === "string";
+    return result(false, known ? saved.trim() || null : null, known ? statePath(name) : null);
+  }
+  requireRoot(action);
+  requireVfioPci(sys, action);
+  mkdirSync(STATE_DIR, { recursive: true, mode: 0o755 });
+  write(sys, statePath(name), `${current ?? ""}\n`, `record the driver of ${name}`);
+  try {
+    if (current !== null) write(sys, `${dir}/driver/unbind`, name, `unbind ${name} from ${current}`);
+    write(sys, `${dir}/driver_override`, "vfio-pci", action);
+    write(sys, "/sys/bus/pci/drivers_probe", name, action);
+    const now = driverName(sys, name);
+    if (!isVfioDriver(now)) {
+      throw new CliError(
+        `Cannot ${action}: the probe left it ${
+          now ? `on ${now}` : "unbound"
+        }; vfio-pci refuses devices without ` +
+          "an IOMMU group (enable the IOMMU, or load vfio with enable_unsafe_noiommu_mode=1): see dmesg",
+      );
+    }
+  } catch (e) {
+    // Put the device back where it was, as far as possible, and forget the record.
+    sys.writeText(`${dir}/driver_override`, "\n");
+    if (current !== null && driverName(sys, name) === null) sys.writeText("/sys/bus/pci/drivers_probe", name);
+    rmSync(statePath(name), { force: true });
+    throw e;
+  }
+  return result(true, current, statePath(name));
+}
+
+/**
+ * Gives a device on vfio-pci back: clears driver_override, unbinds it from vfio-pci, and binds the
+ * driver `bind` recorded (or `driver`, or the kernel's choice when there is no record). A device
+ * that had no driver before `bind` is left unbound.
+ *
+ * @param sys The syscall backend.
+ * @param bdf The device's PCI address.
+ * @param driver The driver to bind afterwards, instead of the recorded one.
+ * @returns What happened.
+ * @throws {CliError} If not root, the device is on another driver, or a process holds it open.
+ * @throws {VfioError} If the device does not exist or a sysfs write fails.
+ */
+export function unbind(sys: Sys, bdf: string, driver?: string): UnbindResult {
+  const name = requirePciDevice(sys, bdf);
+  const action = `unbind ${name} from vfio-pci`;
+  const dir = `${PCI_DEVICES}/${name}`;
+  const current = driverName(sys, name);
+  if (current !== null && !isVfioDriver(current)) {
+    throw new CliError(`Cannot ${action}: it is bound to ${current}, not vfio-pci`);
+  }
+  const saved = sys.readText(statePath(name));
+  const target = driver !== undefined
+    ? checkDriverName(driver, "--driver")
+    : typeof saved === "string"
+    ? (saved.trim() === "" ? null : checkDriverName(saved.trim(), statePath(name)))
+    : undefined; // no record: the kernel picks
+  const override = sys.readText(`${dir}/driver_override`);
+  const overridden = typeof override === "string" && isVfioDriver(override.trim());
+  if (current === null && !overridden && typeof saved !== "string" && driver === undefined) {
+    return { version: 1, bdf: name, driver: null, previous: null, changed: false };
+  }
+  requireRoot(action);
+  const group = groupNumber(sys, name);
+  const nodes = [
+    group === null ? null : groupNodePath(vfioNodes(sys), group),
+    ...(() => {
+      const e = sys.readDir(`${dir}/vfio-dev`);
+      return typeof e === "number"
+        ? []
+        : e.filter((n) => /^vfio\d+$/.test(n)).map((n) => `/dev/vfio/devices/${n}`);
+    })(),
+  ].filter((p): p is string => p !== null);
+  const busy = holders(sys, nodes);
+  if (busy.length) {
+    throw new CliError(
+      `Cannot ${action}: ${busy.join("; ")}; the kernel would wait for it to close the device`,
+    );
+  }
+  write(sys, `${dir}/driver_override`, "\n", `clear the driver override of ${name}`);
+  if (current !== null) write(sys, `${dir}/driver/unbind`, name, action);
+  if (target !== null) {
+    write(sys, "/sys/bus/pci/drivers_probe", name, `probe ${name}`);
+    const now = driverName(sys, name);
+    if (target !== undefined && now !== target) {
+      if (now !== null) write(sys, `${dir}/driver/unbind`, name, `unbind ${name} from ${now}`);
+      write(sys, `/sys/bus/pci/drivers/${target}/bind`, name, `bind ${name} to ${target}`);
+    }
+  }
+  rmSync(statePath(name), { force: true });
+  return { version: 1, bdf: name, driver: driverName(sys, name), previous: current, changed: true };
+}
+
+/**
+ * Formats a bind result.
+ *
+ * @param r The result.
+ * @returns The lines.
+ */
+export function formatBind(r: BindResult): string[] {
+  if (!r.changed) {
+    return [
+      `${r.bdf} is already bound to ${r.driver}${r.previous ? ` (previous driver: ${r.previous})` : ""}`,
+    ];
+  }
+  return [
+    `${r.bdf}: ${r.previous ?? "no driver"} -> ${r.driver}; IOMMU group ${r.iommuGroup ?? "none"}` +
+    `${r.groupNode ? ` (${r.groupNode})` : ""}`,
+    `previous driver recorded in ${r.savedIn}; \`vfio unbind ${r.bdf}\` restores it`,
+  ];
+}
+
+/**
+ * Formats an unbind result.
+ *
+ * @param r The result.
+ * @returns The lines.
+ */
+export function formatUnbind(r: UnbindResult): string[] {
+  if (!r.changed) return [`${r.bdf} is not bound to vfio-pci; nothing to do`];
+  return [`${r.bdf}: ${r.previous ?? "no driver"} -> ${r.driver ?? "no driver"}`];
+}

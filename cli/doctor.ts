@@ -1,0 +1,369 @@
+/**
+ * `vfio doctor [BDF]`: checks what VFIO needs, and says how to fix what is missing.
+ *
+ * The checks, by ID (each reports `ok`, `warn`, `fail` or `info`; a `fail` blocks use):
+ * - `vfio`: the vfio-pci driver is loaded and /dev/vfio exists.
+ * - `iommu`: an IOMMU is enabled (/sys/class/iommu has entries, /sys/kernel/iommu_groups has groups);
+ *   without one, vfio's unsafe no-IOMMU mode is a warning (no isolation, no DMA mapping).
+ * - `interrupt-remapping`: VFIO refuses to attach a group (EPERM) unless MSIs are isolated. dmesg is
+ *   not reliably readable, so this is a heuristic, on x86 only: remapping is in use when
+ *   /proc/interrupts lists interrupt chips named `IR-…` (IR-IO-APIC, IR-PCI-MSI …), which only
+ *   remapped domains are; failing that, an Intel IOMMU whose extended capability register
+ *   (/sys/class/iommu/dmar*\/intel-iommu/ecap) has bit 3 (IR) set supports it but does not use it
+ *   (intremap=off on /proc/cmdline says why). `allow_unsafe_interrupts=Y` (the vfio_iommu_type1 or
+ *   iommufd module parameter) turns a failure into a warning.
+ * - `memlock`: DMA mappings pin memory against RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK.
+ * - `kernel`: which interfaces the kernel offers: the legacy container (/dev/vfio/vfio), iommufd
+ *   (/dev/iommu), device cdevs (/dev/vfio/devices) and no-IOMMU mode
+ *   (/sys/module/vfio/parameters/enable_unsafe_noiommu_mode).
+ * - `backend`: the backend `open()` would choose (lib/open.ts chooseBackend, VFIO_TS_BACKEND included).
+ * - per device (BDF, or every device on vfio-pci): `driver`, `group`, `group-viable`, `permissions`.
+ *
+ * @module
+ */
+import { accessSync, constants } from "node:fs";
+import process from "node:process";
+import { formatBytes, memlockLimit } from "../lib/limits.ts";
+import { chooseBackend } from "../lib/open.ts";
+import type { Sys } from "../lib/sys.ts";
+import { requirePciDevice } from "../lib/sysfs.ts";
+import {
+  driverName,
+  groupNodePath,
+  groupNumber,
+  groupViability,
+  isVfioDriver,
+  pciDevices,
+  vfioNodes,
+} from "./devices.ts";
+
+/** How a check came out. */
+export type CheckStatus = "ok" | "warn" | "fail" | "info";
+
+/** One check, as `vfio doctor --json` reports it. */
+export interface Check {
+  /** A stable ID: `vfio`, `iommu`, `interrupt-remapping`, `memlock`, `kernel`, `backend`, `driver`, `group`, `group-viable`, `permissions`. */
+  id: string;
+  /** The verdict; `fail` means VFIO cannot be used as things stand. */
+  status: CheckStatus;
+  /** What was found. */
+  message: string;
+  /** The command (or edit) that fixes it, or null. */
+  fix: string | null;
+  /** The device a per-device check is about, or null. */
+  bdf: string | null;
+}
+
+/** What `vfio doctor --json` prints. */
+export interface DoctorResult {
+  /** The output format's version. */
+  version: 1;
+  /** True when no check failed. */
+  ok: boolean;
+  /** The backend open() would choose, or null when it cannot choose (bad VFIO_TS_BACKEND). */
+  backend: "legacy" | "iommufd" | null;
+  /** Every check, in order. */
+  checks: Check[];
+}
+
+const CAP_IPC_LOCK = 14n;
+const text = (sys: Sys, path: string) => {
+  const t = sys.readText(path);
+  return typeof t === "string" ? t.trim() : undefined;
+};
+const dir = (sys: Sys, path: string) => {
+  const d = sys.readDir(path);
+  return typeof d === "number" ? undefined : d;
+};
+const canReadWrite = (path: string) => {
+  try {
+    accessSync(path, constants.R_OK | constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/**
+ * Runs the checks.
+ *
+ * @param sys The syscall backend.
+ * @param bdf A device to check; by default every device bound to vfio-pci.
+ * @returns The checks and the verdict.
+ * @throws {VfioError} If `bdf` names no PCI device.
+ */
+export function doctor(sys: Sys, bdf?: string): DoctorResult {
+  const target = bdf === undefined ? undefined : requirePciDevice(sys, bdf);
+  const checks: Check[] = [];
+  const add = (
+    id: string,
+    status: CheckStatus,
+    message: string,
+    fix: string | null = null,
+    device?: string,
+  ) => checks.push({ id, status, message, fix, bdf: device ?? null });
+
+  // vfio-pci and /dev/vfio
+  const nodes = vfioNodes(sys);
+  const vfioPci = dir(sys, "/sys/bus/pci/drivers/vfio-pci") !== undefined;
+  if (!vfioPci || dir(sys, "/dev/vfio") === undefined) {
+    add(
+      "vfio",
+      "fail",
+      `${vfioPci ? "/dev/vfio is missing" : "the vfio-pci driver is not loaded"}`,
+      "modprobe vfio-pci",
+    );
+  } else add("vfio", "ok", "vfio-pci is loaded and /dev/vfio exists");
+
+  // The IOMMU
+  const iommus = dir(sys, "/sys/class/iommu") ?? [];
+  const groups = dir(sys, "/sys/kernel/iommu_groups") ?? [];
+  const noiommuParam = text(sys, "/sys/module/vfio/parameters/enable_unsafe_noiommu_mode");
+  const cmdline = text(sys, "/proc/cmdline") ?? "";
+  const cpu = text(sys, "/proc/cpuinfo") ?? "";
+  const iommuOpt = /AuthenticAMD|HygonGenuine/.test(cpu) ? "amd_iommu=on" : "intel_iommu=on";
+  const enableIommu = `enable VT-d/AMD-Vi in the firmware, add ${iommuOpt} to the kernel command line ` +
+    "(GRUB_CMDLINE_LINUX in /etc/default/grub, then update-grub) and reboot";
+  const hasIommu = iommus.length > 0 && groups.length > 0;
+  if (hasIommu) {
+    add("iommu", "ok", `IOMMU enabled: ${iommus.join(", ")}; ${groups.length} IOMMU groups`);
+  } else if (noiommuParam === "Y") {
+    add(
+      "iommu",
+      "warn",
+      "no IOMMU: vfio runs in unsafe no-IOMMU mode, so devices are not isolated and DMA cannot be mapped",
+      enableIommu,
+    );
+  } else {
+    add(
+      "iommu",
+      "fail",
+      `no IOMMU is enabled (/sys/class/iommu is empty)${
+        cmdline.includes("iommu=on") ? "" : ` and ${iommuOpt} is not on /proc/cmdline`
+      }`,
+      `${enableIommu}; without an IOMMU (unsafe, no DMA): modprobe vfio enable_unsafe_noiommu_mode=1`,
+    );
+  }
+
+  // Interrupt remapping
+  if (hasIommu) interruptRemapping(sys, cmdline, iommus, add);
+
+  // RLIMIT_MEMLOCK
+  const capEff = /CapEff:\s*([0-9a-f]+)/.exec(text(sys, "/proc/self/status") ?? "")?.[1];
+  const limit = memlockLimit(sys);
+  if (capEff !== undefined && (BigInt(`0x${capEff}`) >> CAP_IPC_LOCK) & 1n) {
+    add("memlock", "ok", "CAP_IPC_LOCK: pinned DMA memory is not limited by RLIMIT_MEMLOCK");
+  } else if (limit === undefined) {
+    add("memlock", "ok", "RLIMIT_MEMLOCK is unlimited");
+  } else {
+    add(
+      "memlock",
+      limit < 64n << 20n ? "warn" : "ok",
+      `RLIMIT_MEMLOCK is ${formatBytes(limit)}: DMA mappings beyond it fail with ENOMEM`,
+      limit < 64n << 20n
+        ? "ulimit -l unlimited (or LimitMEMLOCK=infinity in a systemd unit, or memlock in /etc/security/limits.conf)"
+        : null,
+    );
+  }
+
+  // Kernel interfaces
+  const dev = dir(sys, "/dev") ?? [];
+  const cdevs = dir(sys, "/dev/vfio/devices");
+  const yes = (b: boolean) => (b ? "yes" : "no");
+  add(
+    "kernel",
+    "info",
+    `legacy container (/dev/vfio/vfio): ${yes(nodes.includes("vfio"))}; iommufd (/dev/iommu): ${
+      yes(dev.includes("iommu"))
+    }; device cdevs (/dev/vfio/devices): ${yes(cdevs !== undefined)}; no-IOMMU mode: ${
+      noiommuParam === undefined ? "not built" : noiommuParam === "Y" ? "enabled" : "disabled"
+    }`,
+  );
+
+  // The backend open() would choose
+  let backend: DoctorResult["backend"] = null;
+  try {
+    backend = chooseBackend(sys);
+    const forced = sys.getenv("VFIO_TS_BACKEND");
+    const why = forced && forced !== "auto"
+      ? `VFIO_TS_BACKEND=${forced}`
+      : backend === "iommufd"
+      ? "/dev/iommu and device cdevs exist"
+      : "no /dev/iommu with device cdevs";
+    add("backend", "info", `open() would use the ${backend} backend (${why})`);
+    if (backend === "iommufd" && !canReadWrite("/dev/iommu")) {
+      add(
+        "permissions",
+        "fail",
+        "no read/write access to /dev/iommu",
+        "sudo chown $USER /dev/iommu (or run as root)",
+      );
+    }
+    if (backend === "legacy" && nodes.includes("vfio") && !canReadWrite("/dev/vfio/vfio")) {
+      add("permissions", "fail", "no read/write access to /dev/vfio/vfio", "sudo chmod 0666 /dev/vfio/vfio");
+    }
+  } catch (e) {
+    add("backend", "fail", e instanceof Error ? e.message : String(e), "unset VFIO_TS_BACKEND");
+  }
+
+  // Devices
+  const targets = target !== undefined
+    ? [target]
+    : pciDevices(sys).filter((d) => isVfioDriver(driverName(sys, d)));
+  if (targets.length === 0) add("driver", "info", "no device is bound to vfio-pci", "vfio bind BDF");
+  for (const d of targets) checkDevice(sys, d, backend, nodes, add);
+
+  return { version: 1, ok: !checks.some((c) => c.status === "fail"), backend, checks };
+}
+
+type Add = (id: string, status: CheckStatus, message: string, fix?: string | null, device?: string) => void;
+
+function interruptRemapping(sys: Sys, cmdline: string, iommus: string[], add: Add): void {
+  const unsafe = ["vfio_iommu_type1", "iommufd"].some((m) =>
+    text(sys, `/sys/module/${m}/parameters/allow_unsafe_interrupts`) === "Y"
+  );
+  if (process.arch !== "x64" && process.arch !== "ia32") {
+    add(
+      "interrupt-remapping",
+      "info",
+      `not checked on ${process.arch}: MSI isolation is the interrupt controller's`,
+    );
+    return;
+  }
+  const interrupts = text(sys, "/proc/interrupts") ?? "";
+  if (/\bIR-[A-Z]/.test(interrupts)) {
+    add(
+      "interrupt-remapping",
+      "ok",
+      "interrupt remapping is in use (IR- interrupt chips in /proc/interrupts)",
+    );
+    return;
+  }
+  const capable = iommus.some((i) => {
+    const ecap = text(sys, `/sys/class/iommu/${i}/intel-iommu/ecap`);
+    return ecap !== undefined && /^[0-9a-f]+$/i.test(ecap) && (BigInt(`0x${ecap}`) & 8n) !== 0n;
+  });
+  const off = /\b(intremap=off|nointremap)\b/.test(cmdline);
+  const found = `no interrupt remapping${capable ? " (the IOMMU supports it but it is not in use" : ""}${
+    capable && off ? ": intremap=off is on /proc/cmdline)" : capable ? ")" : ""
+  }`;
+  const fix = (off ? "remove intremap=off from the kernel command line; " : "") +
+    "enable interrupt remapping (x2APIC / interrupt remapping in the firmware), or accept unisolated MSIs: " +
+    "echo 1 > /sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts";
+  if (unsafe) {
+    add(
+      "interrupt-remapping",
+      "warn",
+      `${found}; allow_unsafe_interrupts=Y lets VFIO run without MSI isolation`,
+      null,
+    );
+  } else {
+    add("interrupt-remapping", "fail", `${found}: attaching a group fails with EPERM`, fix);
+  }
+}
+
+function checkDevice(
+  sys: Sys,
+  bdf: string,
+  backend: DoctorResult["backend"],
+  nodes: string[],
+  add: Add,
+): void {
+  const driver = driverName(sys, bdf);
+  if (!isVfioDriver(driver)) {
+    add(
+      "driver",
+      "fail",
+      `${bdf} is bound to ${driver ?? "no driver"}, not vfio-pci`,
+      `vfio bind ${bdf}`,
+      bdf,
+    );
+    return;
+  }
+  add("driver", "ok", `${bdf} is bound to ${driver}`, null, bdf);
+  const group = groupNumber(sys, bdf);
+  if (group === null) {
+    add("group", "fail", `${bdf} has no IOMMU group`, "enable the IOMMU (see the iommu check)", bdf);
+    return;
+  }
+  const node = groupNodePath(nodes, group);
+  add(
+    "group",
+    node ? "ok" : "fail",
+    node
+      ? `${bdf} is in IOMMU group ${group} (${node})`
+      : `IOMMU group ${group} of ${bdf} has no /dev/vfio node`,
+    node ? null : "modprobe vfio-pci, then rebind: vfio unbind BDF && vfio bind BDF",
+    bdf,
+  );
+  const v = groupViability(sys, group);
+  if (v.viable) {
+    add(
+      "group-viable",
+      "ok",
+      `IOMMU group ${group} is viable (${v.members.map((m) => m.bdf).join(", ")})`,
+      null,
+      bdf,
+    );
+  } else {
+    add(
+      "group-viable",
+      "fail",
+      `IOMMU group ${group} of ${bdf} is not viable: ` +
+        v.blockers.map((b) => `${b.bdf} is bound to ${b.driver}`).join(", "),
+      v.blockers.map((b) => `vfio bind ${b.bdf}`).join(" && "),
+      bdf,
+    );
+  }
+  const paths = backend === "iommufd"
+    ? (() => {
+      const e = sys.readDir(`/sys/bus/pci/devices/${bdf}/vfio-dev`);
+      const n = typeof e === "number" ? undefined : e.find((x) => /^vfio\d+$/.test(x));
+      return n ? [`/dev/vfio/devices/${n}`] : [];
+    })()
+    : node
+    ? [node]
+    : [];
+  const denied = paths.filter((p) => !canReadWrite(p));
+  if (backend === "iommufd" && paths.length === 0) {
+    add(
+      "permissions",
+      "fail",
+      `${bdf} has no device cdev for the iommufd backend`,
+      "VFIO_TS_BACKEND=legacy",
+      bdf,
+    );
+  } else if (denied.length) {
+    add(
+      "permissions",
+      "fail",
+      `no read/write access to ${denied.join(", ")}`,
+      `sudo chown $USER ${denied.join(" ")}`,
+      bdf,
+    );
+  } else if (paths.length) {
+    add("permissions", "ok", `${paths.join(", ")} is readable and writable`, null, bdf);
+  }
+}
+
+/**
+ * Formats the checks: one line each, with the fix under every problem.
+ *
+ * @param r The result.
+ * @returns The lines.
+ */
+export function formatDoctor(r: DoctorResult): string[] {
+  const label: Record<CheckStatus, string> = { ok: "ok  ", warn: "WARN", fail: "FAIL", info: "info" };
+  const out: string[] = [];
+  for (const c of r.checks) {
+    out.push(`${label[c.status]}  ${c.message}`);
+    if (c.fix && c.status !== "ok") out.push(`      fix: ${c.fix}`);
+  }
+  const failed = r.checks.filter((c) => c.status === "fail").length;
+  out.push(
+    failed
+      ? `${failed} problem${failed === 1 ? "" : "s"} block${failed === 1 ? "s" : ""} VFIO use`
+      : "VFIO is ready",
+  );
+  return out;
+}

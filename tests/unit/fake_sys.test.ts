@@ -1,0 +1,120 @@
+/**
+ * The fake kernel itself: the tests above trust it to refuse what Linux refuses and to notice
+ * misuse, so its own behaviour is pinned here at the Sys level.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { MAP_ANONYMOUS, MAP_PRIVATE } from "../../lib/uapi/libc.ts";
+import * as V from "../../lib/uapi/vfio.ts";
+import { EDU, withEdu } from "./fake_sys.ts";
+
+const int32 = (n: number) => new Uint8Array(new Int32Array([n]).buffer);
+
+test("fake_sys: a group opens once, and its devices hold it after its fd closes", () => {
+  const fake = withEdu();
+  const container = fake.open("/dev/vfio/vfio", 0);
+  const group = fake.open("/dev/vfio/4", 0);
+  assert.equal(fake.open("/dev/vfio/4", 0), -16); // EBUSY
+  assert.equal(fake.open("/dev/vfio/5", 0), -2); // ENOENT: nothing bound in group 5
+  assert.equal(fake.ioctlInt(container, V.VFIO_SET_IOMMU, V.VFIO_TYPE1v2_IOMMU), -22); // no group yet
+  assert.equal(fake.ioctlPtr(group, V.VFIO_GROUP_SET_CONTAINER, int32(container)), 0);
+  assert.equal(fake.ioctlInt(container, V.VFIO_SET_IOMMU, V.VFIO_TYPE1v2_IOMMU), 0);
+  const device = fake.ioctlPtr(group, V.VFIO_GROUP_GET_DEVICE_FD, new TextEncoder().encode(EDU + "\0"));
+  assert.ok(device > 0);
+  fake.close(group);
+  assert.equal(fake.containers[0]!.groups.size, 1);
+  assert.equal(fake.open("/dev/vfio/4", 0), -16);
+  fake.close(device);
+  assert.equal(fake.containers[0]!.groups.size, 0);
+  assert.equal(fake.containers[0]!.type, undefined);
+  fake.close(container);
+  assert.deepEqual(fake.leaks(), []);
+});
+
+test("fake_sys: a too-small argsz is raised to what the capabilities need, and none are copied", () => {
+  const fake = withEdu({ regions: [{ index: 0, size: 0x2000, sparse: [{ offset: 0, size: 0x1000 }] }] });
+  const container = fake.open("/dev/vfio/vfio", 0);
+  const group = fake.open("/dev/vfio/4", 0);
+  fake.ioctlPtr(group, V.VFIO_GROUP_SET_CONTAINER, int32(container));
+  fake.ioctlInt(container, V.VFIO_SET_IOMMU, V.VFIO_TYPE1v2_IOMMU);
+  const device = fake.ioctlPtr(group, V.VFIO_GROUP_GET_DEVICE_FD, new TextEncoder().encode(EDU + "\0"));
+  const small = V.vfio_region_info.alloc();
+  assert.equal(fake.ioctlPtr(device, V.VFIO_DEVICE_GET_REGION_INFO, small.bytes), 0);
+  assert.equal(small.get("argsz"), 32 + 32); // header + sparse cap with one area
+  assert.equal(small.get("cap_offset"), 0);
+  assert.equal(small.get("flags") & V.VFIO_REGION_INFO_FLAG_CAPS, V.VFIO_REGION_INFO_FLAG_CAPS);
+  const big = V.vfio_region_info.alloc(32);
+  fake.ioctlPtr(device, V.VFIO_DEVICE_GET_REGION_INFO, big.bytes);
+  assert.equal(big.get("cap_offset"), 32);
+  assert.equal(V.vfio_info_cap_header.at(big.bytes, 32).get("id"), V.VFIO_REGION_INFO_CAP_SPARSE_MMAP);
+  assert.equal(V.vfio_info_cap_header.at(big.bytes, 32).get("next"), 0);
+  const lying = V.vfio_region_info.alloc();
+  lying.set("argsz", 64);
+  assert.equal(fake.ioctlPtr(device, V.VFIO_DEVICE_GET_REGION_INFO, lying.bytes), -14); // EFAULT
+  assert.equal(fake.violations.length, 1);
+});
+
+test("fake_sys: an eventfd counts writes, and a read takes the whole count", async () => {
+  const fake = withEdu();
+  const efd = fake.eventfd(0, 0);
+  const buf = new Uint8Array(8);
+  assert.equal(fake.read(efd, buf), -11); // EAGAIN: the kernel would block
+  const pending = fake.readAsync(efd, buf);
+  fake.write(efd, new Uint8Array(new BigUint64Array([2n]).buffer));
+  assert.equal(await pending, 8);
+  assert.equal(new DataView(buf.buffer).getBigUint64(0, true), 2n);
+  fake.close(efd);
+  assert.equal(fake.close(efd), -9); // EBADF
+  assert.deepEqual(fake.leaks(), [`close on fd ${efd}, which is not open`]); // a double close is a bug
+});
+
+test("fake_sys: unmapping memory whose ArrayBuffer is still attached is a violation", () => {
+  const fake = withEdu();
+  const a = fake.mmap(4096, 3, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  const b = fake.mmap(4096, 3, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  fake.memory(a, 4096).transfer(0);
+  fake.memory(b, 4096);
+  assert.equal(fake.munmap(a, 4096), 0);
+  assert.equal(fake.munmap(b, 4096), 0);
+  assert.equal(fake.munmap(b, 4096), -22);
+  assert.equal(fake.violations.length, 2);
+  assert.match(fake.violations[0]!, /was not detached first/);
+  assert.match(fake.violations[1]!, /no such mapping/);
+});
+
+test("fake_sys: injections match by target, skip `after` calls, fail `times`, and lift on dispose", () => {
+  const fake = withEdu();
+  {
+    using _ = fake.fail("open", "/dev/vfio/vfio", "EACCES", { after: 1, times: 1 });
+    const first = fake.open("/dev/vfio/vfio", 0);
+    assert.ok(first > 0);
+    assert.equal(fake.open("/dev/vfio/vfio", 0), -13);
+    assert.ok(fake.open("/dev/vfio/vfio", 0) > 0);
+    assert.deepEqual(fake.calls.map((c) => c.ret! > 0 ? "ok" : c.ret), ["ok", -13, "ok"]);
+  }
+  {
+    using _ = fake.fail("open", undefined, "EMFILE");
+    assert.equal(fake.open("/dev/vfio/4", 0), -24);
+  }
+  assert.ok(fake.open("/dev/vfio/4", 0) > 0);
+  assert.throws(() => fake.fail("open", undefined, "ENOPE"), /Cannot find errno ENOPE/);
+});
+
+test("fake_sys: sysfs follows the devices: groups, drivers and the /dev/vfio nodes", () => {
+  const fake = withEdu();
+  fake.addDevice({ bdf: "0000:00:05.0", group: 5, driver: "nvme" });
+  assert.deepEqual(fake.readDir("/dev/vfio"), ["4", "vfio"]);
+  fake.device("0000:00:05.0").driver = "vfio-pci";
+  assert.deepEqual(fake.readDir("/dev/vfio"), ["4", "5", "vfio"]);
+  assert.equal(
+    fake.readLink("/sys/bus/pci/devices/0000:00:05.0/driver"),
+    "../../../bus/pci/drivers/vfio-pci",
+  );
+  assert.equal(
+    fake.readLink("/sys/bus/pci/devices/0000:00:05.0/iommu_group"),
+    "../../../kernel/iommu_groups/5",
+  );
+  assert.equal(fake.readText("/sys/bus/pci/devices/0000:00:04.0/vendor"), "0x1234\n");
+  assert.deepEqual(fake.readDir("/sys/kernel/iommu_groups/4/devices"), [EDU]);
+  assert.equal(fake.readDir("/sys/kernel/iommu_groups/6/devices"), -2);
+});

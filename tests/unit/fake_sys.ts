@@ -1,0 +1,1020 @@
+/**
+ * A fake {@link Sys}: an in-memory model of the parts of Linux VFIO the library relies on, so that
+ * unit tests can drive every code path, the failing ones included, without a device or root.
+ *
+ * It doubles as documentation of the kernel behaviour the library depends on (Linux 6.12,
+ * drivers/vfio/{container,group}.c, vfio_iommu_type1.c, pci/vfio_pci_core.c):
+ * - A group node exists as /dev/vfio/N (/dev/vfio/noiommu-N in no-IOMMU mode) once a device of the
+ *   group is bound to vfio-pci. It opens once (EBUSY after). It is viable only if every device in
+ *   it is bound to vfio-pci or to no driver; VFIO_GROUP_SET_CONTAINER refuses it otherwise (EPERM).
+ * - VFIO_SET_IOMMU needs a group in the container (EINVAL) and happens once (EBUSY).
+ *   VFIO_GROUP_GET_DEVICE_FD needs the IOMMU set (EINVAL) and a vfio-pci device of the group
+ *   (ENODEV).
+ * - Device fds hold their group: the group is released, and leaves its container, once its fd and
+ *   every device fd are closed. When the last group leaves a container, the IOMMU is torn down and
+ *   every DMA mapping dies with it.
+ * - Info ioctls with capabilities answer a too-small `argsz` by raising it to the size needed and
+ *   returning no capabilities; the caller asks again. `next` offsets count from the info start.
+ * - Region N lives at `N << 40` in the device fd (VFIO_PCI_INDEX_TO_OFFSET); pread past its end is
+ *   short.
+ * - SET_IRQS with DATA_EVENTFD | ACTION_TRIGGER attaches eventfds, DATA_NONE | ACTION_TRIGGER
+ *   fires them (count 0 disables the index), and closing the device disables everything.
+ * - MAP_DMA pins memory against RLIMIT_MEMLOCK (ENOMEM), needs mapped memory (EFAULT), refuses
+ *   overlaps (EEXIST) and IOVAs outside the reported ranges (EINVAL).
+ *
+ * What the kernel would block on (reading an empty eventfd, an endless poll with nothing ready),
+ * the fake cannot: it returns EAGAIN or throws, which shows up as a test failure. Misuse the kernel
+ * would not report (a double close, unmapping memory that a live view or a DMA mapping still uses)
+ * is recorded in {@link FakeSys.violations}; {@link FakeSys.leaks} lists it with open fds and
+ * mappings.
+ *
+ * @module
+ */
+import { VfioContainer } from "../../lib/container.ts";
+import type { VfioDevice } from "../../lib/device.ts";
+import { errno } from "../../lib/errors.ts";
+import { VfioGroup } from "../../lib/group.ts";
+import type { RawMmio, Sys } from "../../lib/sys.ts";
+import {
+  MAP_ANONYMOUS,
+  pollfd,
+  POLLIN,
+  POLLNVAL,
+  RLIM_INFINITY,
+  rlimit,
+  RLIMIT_MEMLOCK,
+} from "../../lib/uapi/libc.ts";
+import type { Fields, Struct, StructDef } from "../../lib/uapi/struct.ts";
+import * as V from "../../lib/uapi/vfio.ts";
+
+/** Where region `index` starts in the device fd, as vfio-pci lays it out. */
+export const regionOffset = (index: number): number => index * 2 ** 40;
+
+/** A device region: what VFIO_DEVICE_GET_REGION_INFO reports, and the bytes behind it. */
+export interface FakeRegion {
+  index: number;
+  size: number;
+  /** VFIO_REGION_INFO_FLAG_*; the fake adds CAPS when there are capabilities. */
+  flags: number;
+  sparse?: { offset: number; size: number }[];
+  type?: { type: number; subtype: number };
+  msixMappable?: boolean;
+  /** A raw capability chain reported instead of the above (`next` counts from the info start). */
+  rawCaps?: Uint8Array;
+  /** The registers, shared by pread/pwrite and mmap. */
+  data: Uint8Array;
+}
+
+/** An eventfd's counter. The kernel holds it by reference, so it outlives the fd number. */
+interface Counter {
+  value: bigint;
+  waiters: (() => void)[];
+}
+
+/** An IRQ index of a device. */
+export interface FakeIrq {
+  index: number;
+  count: number;
+  flags: number;
+  /** The eventfd attached to each vector. */
+  triggers: (Counter | undefined)[];
+  masked: boolean[];
+}
+
+/** A PCI device in the fake sysfs, and its vfio-pci state. */
+export interface FakeDevice {
+  bdf: string;
+  /** The IOMMU group; undefined when the device has none. */
+  group: number | undefined;
+  /** The bound driver; assign to rebind. */
+  driver: string | undefined;
+  noiommu: boolean;
+  vendor: number;
+  device: number;
+  /** Has VFIO_DEVICE_FLAGS_RESET. */
+  reset: boolean;
+  regions: FakeRegion[];
+  irqs: FakeIrq[];
+  /** Every VFIO_DEVICE_SET_IRQS the kernel accepted. */
+  irqSets: { flags: number; index: number; start: number; count: number; fds: number[] }[];
+  /** Resets done (VFIO_DEVICE_RESET and hot resets). */
+  resets: number;
+  /** The devices a hot reset also resets; undefined: no bus or slot reset (ENODEV). */
+  hotReset: { bdf: string; group: number }[] | undefined;
+  /** The features VFIO_DEVICE_FEATURE_PROBE accepts. */
+  features: Set<number>;
+  /** The cdev under /dev/vfio/devices, e.g. `vfio0`, if the kernel made one. */
+  cdev: string | undefined;
+}
+
+/** Options for {@link FakeSys.addDevice}; regions and IRQs override vfio-pci's defaults by index. */
+export interface FakeDeviceOptions extends Partial<Omit<FakeDevice, "regions" | "irqs" | "irqSets">> {
+  bdf: string;
+  regions?: (Partial<Omit<FakeRegion, "data">> & { index: number })[];
+  irqs?: { index: number; count: number; flags?: number }[];
+}
+
+/** The kernel's side of a container: alive while its fd is open or a group uses it. */
+export interface ContainerState {
+  groups: Set<GroupState>;
+  /** The IOMMU type from VFIO_SET_IOMMU; undefined before, and after the last group left. */
+  type: number | undefined;
+  /** The DMA mappings by IOVA. */
+  mappings: Map<bigint, { iova: bigint; size: bigint; vaddr: bigint; flags: number }>;
+}
+
+interface GroupState {
+  number: number;
+  fd: number | undefined;
+  deviceFds: number;
+  container: ContainerState | undefined;
+}
+
+/** One logged call: the operation, what it was on, and its result. */
+export interface Call {
+  op: string;
+  fd?: number;
+  path?: string;
+  /** The ioctl's name. */
+  name?: string;
+  offset?: number;
+  length?: number;
+  ret?: number;
+}
+
+/** The calls {@link FakeSys.fail} can fail. */
+export type FailOp =
+  | Exclude<
+    keyof Sys,
+    "name" | "pageSize" | "ioctlPtr" | "ioctlInt" | "readAsync" | "memory" | "mmio" | "getenv"
+  >
+  | "ioctl";
+
+type FdEntry =
+  | { kind: "container"; path: string; container: ContainerState }
+  | { kind: "group"; path: string; group: GroupState }
+  | { kind: "device"; path: string; device: FakeDevice; group: GroupState }
+  | { kind: "eventfd"; path: string; counter: Counter };
+
+interface Mapping {
+  address: bigint;
+  length: number;
+  what: string;
+  /** Anonymous memory, which memory() hands out whole. */
+  buffer?: ArrayBuffer;
+  handedOut?: boolean;
+  /** A device region, and where in it the mapping starts. */
+  region?: FakeRegion;
+  pos?: number;
+}
+
+const err = (name: string) => -errno(name);
+const hex = (n: bigint | number) => `0x${n.toString(16)}`;
+const PCI_DEVICES = "/sys/bus/pci/devices/";
+
+// The request numbers overlap between fd types (VFIO_IOMMU_MAP_DMA is VFIO_DEVICE_PCI_HOT_RESET),
+// so the fd type picks the table.
+const IOCTL_NAMES: Record<string, RegExp> = {
+  container: /^VFIO_(GET_API_VERSION|CHECK_EXTENSION|SET_IOMMU|IOMMU_(GET_INFO|MAP_DMA|UNMAP_DMA))$/,
+  group: /^VFIO_GROUP_/,
+  device: /^VFIO_DEVICE_/,
+};
+const ioctlName = (kind: string, request: number) =>
+  Object.entries(V).find(([n, v]) => v === request && IOCTL_NAMES[kind]?.test(n))?.[0] ??
+    `ioctl ${hex(request)}`;
+
+/**
+ * Lays capabilities out as the kernel does: each 8-byte aligned, `next` pointing at the following
+ * one (offset by `shift`, the info struct's size), 0 in the last.
+ *
+ * @param caps The capabilities, each starting with its 8-byte header.
+ * @param shift Where the chain will start in the info buffer.
+ * @returns The chain.
+ */
+export function capChain(caps: Uint8Array[], shift: number): Uint8Array {
+  const sizes = caps.map((c) => Math.ceil(c.length / 8) * 8);
+  const out = new Uint8Array(sizes.reduce((a, b) => a + b, 0));
+  let at = 0;
+  caps.forEach((c, i) => {
+    out.set(c, at);
+    new DataView(out.buffer).setUint32(at + 4, i + 1 < caps.length ? shift + at + sizes[i]! : 0, true);
+    at += sizes[i]!;
+  });
+  return out;
+}
+
+/** A capability (version 1): the header, then u32 (number) and u64 (bigint) fields. */
+function cap(id: number, fields: (number | bigint)[]): Uint8Array {
+  const out = new Uint8Array(8 + fields.reduce<number>((n, f) => n + (typeof f === "bigint" ? 8 : 4), 0));
+  const v = new DataView(out.buffer);
+  v.setUint16(0, id, true);
+  v.setUint16(2, 1, true);
+  let at = 8;
+  for (const f of fields) {
+    if (typeof f === "bigint") v.setBigUint64(at, f, true), at += 8;
+    else v.setUint32(at, f, true), at += 4;
+  }
+  return out;
+}
+
+/** The fake. Configure it through its fields and {@link addDevice}; inspect it afterwards. */
+export class FakeSys implements Sys {
+  readonly name = "fake";
+  readonly pageSize = 4096;
+
+  /** The environment, for getenv. */
+  env: Record<string, string> = {};
+  /** VFIO_GET_API_VERSION's answer. */
+  apiVersion = V.VFIO_API_VERSION;
+  /** What VFIO_CHECK_EXTENSION supports. */
+  extensions = new Set([V.VFIO_TYPE1_IOMMU, V.VFIO_TYPE1v2_IOMMU, V.VFIO_UNMAP_ALL]);
+  /** VFIO_IOMMU_GET_INFO's IOVA ranges (an x86 MSI hole); undefined reports no capabilities. */
+  iovaRanges: { start: bigint; last: bigint }[] | undefined = [
+    { start: 0n, last: 0xfedfffffn },
+    { start: 0xfef00000n, last: 0xffffffffffn },
+  ];
+  /** VFIO_IOMMU_GET_INFO's page sizes: 4 KiB, 2 MiB, 1 GiB. */
+  iovaPgsizes = 0x40201000n;
+  /** The container's DMA mapping limit (the DMA_AVAIL capability); undefined omits the cap. */
+  dmaAvail: number | undefined = 65535;
+  /** RLIMIT_MEMLOCK in bytes; undefined is unlimited. */
+  memlock: bigint | undefined = 8n << 20n;
+  /** Whether mmio() gives a fast accessor, as the real backends do on x86-64. */
+  fastMmio = true;
+  /** Whether vfio is loaded (/dev/vfio exists). */
+  vfioLoaded = true;
+  /** Whether /dev/iommu and the device cdevs are listed (no iommufd ioctl is modelled). */
+  iommufd = false;
+  /** Other files, for readText and writeText. */
+  files = new Map<string, string>();
+
+  /** Every call, in order. */
+  calls: Call[] = [];
+  /** Misuse the kernel would not report, but which is a bug. */
+  violations: string[] = [];
+  /** Every container opened, in order. */
+  containers: ContainerState[] = [];
+
+  readonly #devices = new Map<string, FakeDevice>();
+  readonly #groups = new Map<number, GroupState>();
+  readonly #fds = new Map<number, FdEntry>();
+  readonly #maps = new Map<bigint, Mapping>();
+  #injections: { op: string; target: string | undefined; errno: string; after: number; times: number }[] = [];
+  #nextFd = 3;
+  #nextAddress = 0x7f0000000000n;
+
+  /**
+   * Adds a PCI device, by default bound to vfio-pci in group 1, with vfio-pci's regions (a 4 KiB
+   * mmap-able BAR0 and 256 bytes of config space holding the IDs) and IRQs (INTx, MSI, 4 MSI-X
+   * vectors, ERR, REQ).
+   */
+  addDevice(o: FakeDeviceOptions): FakeDevice {
+    const regions = Array.from({ length: V.VFIO_PCI_NUM_REGIONS }, (_, index): FakeRegion => {
+      const spec = o.regions?.find((r) => r.index === index);
+      const size = spec?.size ?? [0x1000, 0, 0, 0, 0, 0, 0, 256, 0][index]!;
+      const mmap = index < V.VFIO_PCI_ROM_REGION_INDEX ? V.VFIO_REGION_INFO_FLAG_MMAP : 0;
+      const flags = spec?.flags ??
+        (size ? V.VFIO_REGION_INFO_FLAG_READ | V.VFIO_REGION_INFO_FLAG_WRITE | mmap : 0);
+      return { ...spec, index, size, flags, data: new Uint8Array(size) };
+    });
+    const { EVENTFD, MASKABLE, AUTOMASKED, NORESIZE } = {
+      EVENTFD: V.VFIO_IRQ_INFO_EVENTFD,
+      MASKABLE: V.VFIO_IRQ_INFO_MASKABLE,
+      AUTOMASKED: V.VFIO_IRQ_INFO_AUTOMASKED,
+      NORESIZE: V.VFIO_IRQ_INFO_NORESIZE,
+    };
+    const irqDefaults = [[1, EVENTFD | MASKABLE | AUTOMASKED], [1, EVENTFD | NORESIZE], [
+      4,
+      EVENTFD | NORESIZE,
+    ]];
+    const irqs = [...irqDefaults, [1, EVENTFD], [1, EVENTFD]].map(([n, flags], index): FakeIrq => {
+      const spec = o.irqs?.find((i) => i.index === index);
+      const count = spec?.count ?? n!;
+      return { index, count, flags: spec?.flags ?? flags!, triggers: [], masked: Array(count).fill(false) };
+    });
+    const dev: FakeDevice = {
+      group: 1,
+      driver: "vfio-pci",
+      noiommu: false,
+      vendor: 0x1234,
+      device: 0x11e8,
+      reset: true,
+      resets: 0,
+      hotReset: undefined,
+      features: new Set(),
+      cdev: undefined,
+      ...o,
+      regions,
+      irqs,
+      irqSets: [],
+    };
+    const config = new DataView(regions[V.VFIO_PCI_CONFIG_REGION_INDEX]!.data.buffer);
+    if (config.byteLength >= 4) config.setUint16(0, dev.vendor, true), config.setUint16(2, dev.device, true);
+    this.#devices.set(o.bdf, dev);
+    return dev;
+  }
+
+  /** A device added with {@link addDevice}. */
+  device(bdf: string): FakeDevice {
+    const d = this.#devices.get(bdf);
+    if (!d) throw new Error(`FakeSys: no device ${bdf}`);
+    return d;
+  }
+
+  /**
+   * Makes calls fail with an errno. `target` is the path (for fd calls, the fd's path; for
+   * anonymous mmap, `"anonymous"`) or the ioctl's name; undefined matches every call of `op`.
+   *
+   * @param op The call.
+   * @param target What it is on.
+   * @param code The errno name, e.g. `"EBUSY"`.
+   * @param o The first `after` matching calls succeed, then `times` fail (default: all).
+   * @returns A disposable that removes the injection.
+   */
+  fail(
+    op: FailOp,
+    target: string | undefined,
+    code: string,
+    o: { after?: number; times?: number } = {},
+  ): Disposable {
+    errno(code); // an unknown name throws here rather than later
+    const inj = { op, target, errno: code, after: o.after ?? 0, times: o.times ?? Infinity };
+    this.#injections.push(inj);
+    return { [Symbol.dispose]: () => void (this.#injections = this.#injections.filter((i) => i !== inj)) };
+  }
+
+  /** The open fds. */
+  openFds(): { fd: number; kind: string; path: string }[] {
+    return [...this.#fds].map(([fd, e]) => ({ fd, kind: e.kind, path: e.path }));
+  }
+
+  /** The live mmaps. */
+  mappings(): { address: bigint; length: number; what: string }[] {
+    return [...this.#maps.values()].map(({ address, length, what }) => ({ address, length, what }));
+  }
+
+  /** What should be gone at the end of a test: open fds, live mappings, and every violation. */
+  leaks(): string[] {
+    return [
+      ...this.openFds().map((f) => `fd ${f.fd} (${f.path}) is open`),
+      ...this.mappings().map((m) => `${m.what} at ${hex(m.address)} (${m.length} bytes) is mapped`),
+      ...this.violations,
+    ];
+  }
+
+  /** The names of the ioctls called so far. */
+  ioctls(): string[] {
+    return this.calls.filter((c) => c.op === "ioctl").map((c) => c.name!);
+  }
+
+  /**
+   * Raises an interrupt as the device would: signals the vector's eventfd unless it is masked.
+   * An automasked index (INTx) stays masked until unmasked.
+   *
+   * @returns Whether an eventfd was signalled.
+   */
+  raise(bdf: string, index: number, vector = 0): boolean {
+    const irq = this.device(bdf).irqs[index]!;
+    const t = irq.triggers[vector];
+    if (!t || irq.masked[vector]) return false;
+    signal(t);
+    if (irq.flags & V.VFIO_IRQ_INFO_AUTOMASKED) irq.masked[vector] = true;
+    return true;
+  }
+
+  // --- the Sys seam -----------------------------------------------------------------------------
+
+  open(path: string, _flags: number): number {
+    return this.#call({ op: "open", path }, path, () => {
+      if (path === "/dev/vfio/vfio" && this.vfioLoaded) {
+        const container: ContainerState = { groups: new Set(), type: undefined, mappings: new Map() };
+        this.containers.push(container);
+        return this.#newFd({ kind: "container", path, container });
+      }
+      const m = /^\/dev\/vfio\/(?:noiommu-)?(\d+)$/.exec(path);
+      if (!m || !this.#groupNodes().includes(path.slice("/dev/vfio/".length))) return err("ENOENT");
+      const group = this.#groups.get(Number(m[1])) ??
+        { number: Number(m[1]), fd: undefined, deviceFds: 0, container: undefined };
+      if (group.fd !== undefined || group.deviceFds > 0) return err("EBUSY");
+      this.#groups.set(group.number, group);
+      return (group.fd = this.#newFd({ kind: "group", path, group }));
+    });
+  }
+
+  close(fd: number): number {
+    const e = this.#fd(fd, "close");
+    // close(2) releases the fd even when it reports an error, so this runs under an injection too.
+    const release = () => {
+      if (!e) return err("EBADF");
+      this.#fds.delete(fd);
+      if (e.kind === "group") e.group.fd = undefined;
+      if (e.kind === "device") {
+        e.device.irqs.forEach((irq) => (irq.triggers = [])); // vfio_pci_core_close_device
+        e.group.deviceFds--;
+      }
+      if (e.kind === "group" || e.kind === "device") this.#releaseGroup(e.group);
+      return 0;
+    };
+    return this.#call({ op: "close", fd }, e?.path, release, release);
+  }
+
+  ioctlPtr(fd: number, request: number, arg: Uint8Array): number {
+    return this.#ioctl(fd, request, arg);
+  }
+
+  ioctlInt(fd: number, request: number, arg: number): number {
+    return this.#ioctl(fd, request, arg);
+  }
+
+  pread(fd: number, buf: Uint8Array, offset: number): number {
+    return this.#rw("pread", fd, buf, offset);
+  }
+
+  pwrite(fd: number, buf: Uint8Array, offset: number): number {
+    return this.#rw("pwrite", fd, buf, offset);
+  }
+
+  read(fd: number, buf: Uint8Array): number {
+    const e = this.#fd(fd, "read");
+    return this.#call({ op: "read", fd, length: buf.length }, e?.path, () => {
+      if (e?.kind !== "eventfd") return err(e ? "EINVAL" : "EBADF");
+      // The kernel would block on a zero counter; nothing could wake the fake.
+      return e.counter.value === 0n ? err("EAGAIN") : consume(e.counter, buf);
+    });
+  }
+
+  readAsync(fd: number, buf: Uint8Array): Promise<number> {
+    const e = this.#fd(fd, "readAsync");
+    this.calls.push({ op: "readAsync", fd });
+    if (e?.kind !== "eventfd") return Promise.resolve(err(e ? "EINVAL" : "EBADF"));
+    const c = e.counter;
+    if (c.value > 0n) return Promise.resolve(consume(c, buf));
+    return new Promise((resolve) => c.waiters.push(() => resolve(consume(c, buf))));
+  }
+
+  write(fd: number, buf: Uint8Array): number {
+    const e = this.#fd(fd, "write");
+    return this.#call({ op: "write", fd, length: buf.length }, e?.path, () => {
+      if (e?.kind !== "eventfd" || buf.length < 8) return err(e ? "EINVAL" : "EBADF");
+      signal(e.counter, new DataView(buf.buffer, buf.byteOffset, 8).getBigUint64(0, true));
+      return 8;
+    });
+  }
+
+  mmap(length: number, _prot: number, flags: number, fd: number, offset: number): bigint {
+    const anon = (flags & MAP_ANONYMOUS) !== 0;
+    const e = anon ? undefined : this.#fd(fd, "mmap");
+    return BigInt(this.#call({ op: "mmap", fd, offset, length }, anon ? "anonymous" : e?.path, () => {
+      if (length <= 0) return err("EINVAL");
+      if (anon) return this.#map({ length, what: "anonymous memory", buffer: new ArrayBuffer(length) });
+      if (e?.kind !== "device") return err(e ? "ENODEV" : "EBADF");
+      // vfio_pci_core_mmap: BARs only, page-aligned, inside the BAR.
+      const [region, pos] = [e.device.regions[Math.floor(offset / 2 ** 40)], offset % 2 ** 40];
+      if (!region || region.index >= V.VFIO_PCI_ROM_REGION_INDEX) return err("EINVAL");
+      if (!(region.flags & V.VFIO_REGION_INFO_FLAG_MMAP)) return err("EINVAL");
+      if (pos % this.pageSize !== 0 || pos + length > region.size) return err("EINVAL");
+      return this.#map({ length, what: `${e.device.bdf} region ${region.index}`, region, pos });
+    }));
+  }
+
+  munmap(address: bigint, length: number): number {
+    const m = this.#maps.get(address);
+    return this.#call({ op: "munmap", length }, m?.what, () => {
+      if (!m || m.length !== length) {
+        this.violations.push(`munmap(${hex(address)}, ${length}): no such mapping`);
+        return err("EINVAL");
+      }
+      if (m.handedOut && !m.buffer!.detached) {
+        this.violations.push(`munmap(${hex(address)}): an ArrayBuffer over it was not detached first`);
+      }
+      for (const d of this.containers.flatMap((c) => [...c.mappings.values()])) {
+        if (d.vaddr < address + BigInt(length) && address < d.vaddr + d.size) {
+          this.violations.push(`munmap(${hex(address)}): still mapped for DMA at iova ${hex(d.iova)}`);
+        }
+      }
+      this.#maps.delete(address);
+      return 0;
+    });
+  }
+
+  memory(address: bigint, length: number): ArrayBuffer {
+    const m = this.#maps.get(address);
+    if (!m?.buffer || m.length !== length) {
+      throw new Error(
+        `FakeSys.memory(${hex(address)}, ${length}): only whole anonymous mappings are modelled`,
+      );
+    }
+    m.handedOut = true;
+    return m.buffer;
+  }
+
+  mmio(address: bigint, length: number): RawMmio | undefined {
+    const m = this.#maps.get(address);
+    if (!m?.region || length > m.length) {
+      throw new Error(`FakeSys.mmio(${hex(address)}): no region mapped there`);
+    }
+    if (!this.fastMmio) return undefined;
+    const pos = m.pos!;
+    const view = new DataView(m.region.data.buffer, pos, m.length);
+    const at = (op: string, o: number, width: number) => {
+      this.calls.push({ op: `mmio.${op}${width * 8}`, offset: pos + o, length: width });
+      if (!this.#maps.has(address)) this.violations.push(`mmio ${op} at ${o} after munmap`);
+      if (o < 0 || o % width !== 0 || o + width > m.length) {
+        this.violations.push(`mmio ${op} of ${width} bytes at ${o}: outside the ${m.length}-byte mapping`);
+      }
+      return o;
+    };
+    return {
+      read8: (o) => view.getUint8(at("read", o, 1)),
+      read16: (o) => view.getUint16(at("read", o, 2), true),
+      read32: (o) => view.getUint32(at("read", o, 4), true),
+      read64: (o) => view.getBigUint64(at("read", o, 8), true),
+      write8: (o, v) => view.setUint8(at("write", o, 1), v),
+      write16: (o, v) => view.setUint16(at("write", o, 2), v, true),
+      write32: (o, v) => view.setUint32(at("write", o, 4), v, true),
+      write64: (o, v) => view.setBigUint64(at("write", o, 8), v, true),
+    };
+  }
+
+  eventfd(initval: number, _flags: number): number {
+    const counter = { value: BigInt(initval), waiters: [] };
+    return this.#call(
+      { op: "eventfd" },
+      "eventfd",
+      () => this.#newFd({ kind: "eventfd", path: "eventfd", counter }),
+    );
+  }
+
+  poll(fds: Uint8Array, nfds: number, timeoutMs: number): number {
+    return this.#call({ op: "poll", length: nfds }, undefined, () => {
+      let ready = 0;
+      for (let i = 0; i < nfds; i++) {
+        const p = pollfd.at(fds, i * pollfd.size);
+        const e = this.#fds.get(p.get("fd"));
+        const revents = !e ? POLLNVAL : e.kind === "eventfd" && e.counter.value > 0n ? POLLIN : 0;
+        p.set("revents", revents & (p.get("events") | POLLNVAL));
+        if (p.get("revents")) ready++;
+      }
+      if (ready === 0 && timeoutMs < 0) {
+        throw new Error("FakeSys.poll: nothing is ready and the wait is endless");
+      }
+      return ready;
+    });
+  }
+
+  getrlimit(resource: number, out: Uint8Array): number {
+    return this.#call({ op: "getrlimit" }, undefined, () => {
+      const cur = resource === RLIMIT_MEMLOCK ? this.memlock ?? RLIM_INFINITY : RLIM_INFINITY;
+      rlimit.at(out).set("rlim_cur", cur).set("rlim_max", cur);
+      return 0;
+    });
+  }
+
+  getenv(name: string): string | undefined {
+    return this.env[name];
+  }
+
+  readText(path: string): string | number {
+    return this.#call({ op: "readText", path }, path, () => {
+      const [dev, attr] = this.#sysfs(path);
+      if (dev && (attr === "vendor" || attr === "device")) {
+        return `0x${dev[attr].toString(16).padStart(4, "0")}\n`;
+      }
+      return this.files.get(path) ?? err("ENOENT");
+    });
+  }
+
+  writeText(path: string, text: string): number {
+    return this.#call({ op: "writeText", path }, path, () => (this.files.set(path, text), 0));
+  }
+
+  readLink(path: string): string | number {
+    return this.#call({ op: "readLink", path }, path, () => {
+      const [dev, attr] = this.#sysfs(path);
+      if (dev && attr === undefined) return `../../../devices/pci0000:00/${dev.bdf}`;
+      if (dev?.group !== undefined && attr === "iommu_group") {
+        return `../../../kernel/iommu_groups/${dev.group}`;
+      }
+      if (dev?.driver !== undefined && attr === "driver") return `../../../bus/pci/drivers/${dev.driver}`;
+      return err("ENOENT");
+    });
+  }
+
+  readDir(path: string): string[] | number {
+    return this.#call({ op: "readDir", path }, path, () => {
+      const vfio = [...this.#devices.values()].filter((d) => d.driver === "vfio-pci");
+      const cdevs = vfio.flatMap((d) => d.cdev ?? []).sort();
+      const members = /^\/sys\/kernel\/iommu_groups\/(\d+)\/devices$/.exec(path)?.[1];
+      const [dev, attr] = this.#sysfs(path);
+      const list = path === "/dev"
+        ? ["null", ...(this.iommufd ? ["iommu"] : []), ...(this.vfioLoaded ? ["vfio"] : [])]
+        : path === "/dev/vfio" && this.vfioLoaded
+        ? [...this.#groupNodes(), "vfio"].sort()
+        : path === "/dev/vfio/devices" && this.iommufd
+        ? cdevs
+        : members !== undefined
+        ? [...this.#devices.values()].filter((d) => d.group === Number(members)).map((d) => d.bdf).sort()
+        : dev?.cdev !== undefined && dev.driver === "vfio-pci" && attr === "vfio-dev"
+        ? [dev.cdev]
+        : [];
+      return list.length ? list : err("ENOENT");
+    });
+  }
+
+  // --- internals --------------------------------------------------------------------------------
+
+  /** Runs a call unless an injection fails it (running `onFail` then), and logs it. */
+  #call<T extends number | string | string[]>(
+    call: Call,
+    target: string | undefined,
+    body: () => T,
+    onFail?: () => void,
+  ): T | number {
+    const inj = this.#injections.find((i) =>
+      i.op === call.op && i.times > 0 && (i.target ?? target) === target
+    );
+    const failing = inj !== undefined && inj.after-- <= 0 && inj.times-- > 0;
+    if (failing) onFail?.();
+    const ret = failing ? err(inj.errno) : body();
+    this.calls.push(typeof ret === "number" ? { ...call, ret } : call);
+    return ret;
+  }
+
+  #newFd(entry: FdEntry): number {
+    this.#fds.set(this.#nextFd, entry);
+    return this.#nextFd++;
+  }
+
+  #fd(fd: number, op: string): FdEntry | undefined {
+    const e = this.#fds.get(fd);
+    if (!e) this.violations.push(`${op} on fd ${fd}, which is not open`);
+    return e;
+  }
+
+  #map(m: Omit<Mapping, "address">): number {
+    const address = this.#nextAddress;
+    this.#nextAddress += BigInt((Math.ceil(m.length / this.pageSize) + 1) * this.pageSize); // a guard page
+    this.#maps.set(address, { ...m, address });
+    return Number(address);
+  }
+
+  /** The /dev/vfio entries: a group's node appears once one of its devices is bound to vfio-pci. */
+  #groupNodes(): string[] {
+    const bound = [...this.#devices.values()].filter((d) => d.group !== undefined && d.driver === "vfio-pci");
+    return [...new Set(bound.map((d) => `${d.noiommu ? "noiommu-" : ""}${d.group}`))];
+  }
+
+  #members(g: GroupState): FakeDevice[] {
+    return [...this.#devices.values()].filter((d) => d.group === g.number);
+  }
+
+  #viable(g: GroupState): boolean {
+    return this.#members(g).every((d) => d.driver === undefined || d.driver === "vfio-pci");
+  }
+
+  /** A path under /sys/bus/pci/devices/BDF: the device and the attribute. */
+  #sysfs(path: string): [FakeDevice | undefined, string | undefined] {
+    const [bdf, attr, ...rest] = path.startsWith(PCI_DEVICES)
+      ? path.slice(PCI_DEVICES.length).split("/")
+      : [];
+    return rest.length || bdf === undefined ? [undefined, undefined] : [this.#devices.get(bdf), attr];
+  }
+
+  // vfio_group_fops_release runs once the group fd and every device fd are closed; the last group
+  // to leave a container takes the IOMMU and its mappings with it (vfio_group_detach_container).
+  #releaseGroup(g: GroupState): void {
+    if (g.fd === undefined && g.deviceFds === 0 && g.container) this.#detach(g);
+  }
+
+  #detach(g: GroupState): void {
+    const c = g.container!;
+    c.groups.delete(g);
+    g.container = undefined;
+    if (c.groups.size === 0) (c.type = undefined, c.mappings.clear());
+  }
+
+  #rw(op: "pread" | "pwrite", fd: number, buf: Uint8Array, offset: number): number {
+    const e = this.#fd(fd, op);
+    return this.#call({ op, fd, offset, length: buf.length }, e?.path, () => {
+      if (e?.kind !== "device") return err(e ? "EINVAL" : "EBADF");
+      const [region, pos] = [e.device.regions[Math.floor(offset / 2 ** 40)], offset % 2 ** 40];
+      const need = op === "pread" ? V.VFIO_REGION_INFO_FLAG_READ : V.VFIO_REGION_INFO_FLAG_WRITE;
+      if (!region || !(region.flags & need) || pos >= region.size) return err("EINVAL");
+      const n = Math.min(buf.length, region.size - pos); // vfio_pci_bar_rw stops at the end
+      if (op === "pread") buf.set(region.data.subarray(pos, pos + n));
+      else region.data.set(buf.subarray(0, n), pos);
+      return n;
+    });
+  }
+
+  #ioctl(fd: number, request: number, arg: Uint8Array | number): number {
+    const e = this.#fd(fd, "ioctl");
+    const name = ioctlName(e?.kind ?? "", request);
+    return this.#call({ op: "ioctl", fd, name }, name, () => {
+      if (e?.kind === "container") return this.#containerIoctl(e.container, name, arg);
+      if (e?.kind === "group") return this.#groupIoctl(e.group, name, arg);
+      if (e?.kind === "device") return this.#deviceIoctl(e.device, name, arg);
+      return err(e ? "ENOTTY" : "EBADF");
+    });
+  }
+
+  /** An ioctl's struct argument, or -errno: EFAULT for a short buffer, EINVAL for a small argsz. */
+  #arg<F extends Fields>(def: StructDef<F>, arg: Uint8Array | number, minsz = def.size): Struct<F> | number {
+    if (typeof arg === "number" || arg.length < def.size) return err("EFAULT");
+    const s = def.at(arg);
+    const argsz = (s as unknown as Struct).get("argsz");
+    if (argsz > arg.length) {
+      this.violations.push(`${def.name}: argsz ${argsz} exceeds the ${arg.length}-byte buffer`);
+    }
+    return argsz > arg.length ? err("EFAULT") : argsz < minsz ? err("EINVAL") : s;
+  }
+
+  /** The argsz protocol of the info ioctls: capabilities if they fit, else the argsz they need. */
+  #withCaps(s: Struct, caps: Uint8Array, flag: number): number {
+    if (caps.length === 0) return 0;
+    const fixed = s.def.size;
+    s.set("flags", s.get("flags") | flag);
+    if (s.get("argsz") < fixed + caps.length) s.set("argsz", fixed + caps.length).set("cap_offset", 0);
+    else s.bytes.set(caps, fixed), s.set("cap_offset", fixed);
+    return 0;
+  }
+
+  #containerIoctl(c: ContainerState, name: string, arg: Uint8Array | number): number {
+    const noiommu = [...c.groups].some((g) => this.#members(g).some((d) => d.noiommu));
+    // The type1 ioctls need the type1 driver: EINVAL before SET_IOMMU, ENOTTY from the no-IOMMU one.
+    const driver = c.type === undefined ? err("EINVAL") : c.type === V.VFIO_NOIOMMU_IOMMU ? err("ENOTTY") : 0;
+    const avail = Math.max(0, (this.dmaAvail ?? Infinity) - c.mappings.size);
+    const overlap = (iova: bigint, size: bigint) =>
+      [...c.mappings.values()].filter((m) => iova < m.iova + m.size && m.iova < iova + size);
+    switch (name) {
+      case "VFIO_GET_API_VERSION":
+        return this.apiVersion;
+      case "VFIO_CHECK_EXTENSION":
+        return this.extensions.has(arg as number) ? 1 : 0;
+      case "VFIO_SET_IOMMU":
+        if (c.groups.size === 0) return err("EINVAL");
+        if (c.type !== undefined) return err("EBUSY");
+        // vfio_iommu_driver_allowed: the no-IOMMU driver serves no-IOMMU groups, and only it does.
+        if (!this.extensions.has(arg as number) || (arg === V.VFIO_NOIOMMU_IOMMU) !== noiommu) {
+          return err("ENODEV");
+        }
+        c.type = arg as number;
+        return 0;
+      case "VFIO_IOMMU_GET_INFO": {
+        const s = this.#arg(V.vfio_iommu_type1_info, arg, 16);
+        if (typeof s === "number" || driver) return typeof s === "number" ? s : driver;
+        s.set("flags", V.VFIO_IOMMU_INFO_PGSIZES).set("iova_pgsizes", this.iovaPgsizes).set("cap_offset", 0);
+        const ranges = (this.iovaRanges ?? []).flatMap((r) => [r.start, r.last]);
+        const caps = [
+          ...(this.iovaRanges
+            ? [cap(V.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, [ranges.length / 2, 0, ...ranges])]
+            : []),
+          ...(this.dmaAvail !== undefined ? [cap(V.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL, [avail])] : []),
+        ];
+        return this.#withCaps(
+          s as Struct,
+          capChain(caps, V.vfio_iommu_type1_info.size),
+          V.VFIO_IOMMU_INFO_CAPS,
+        );
+      }
+      case "VFIO_IOMMU_MAP_DMA": {
+        const s = this.#arg(V.vfio_iommu_type1_dma_map, arg);
+        if (typeof s === "number" || driver) return typeof s === "number" ? s : driver;
+        const [iova, size, vaddr] = [s.get("iova"), s.get("size"), s.get("vaddr")];
+        const page = this.iovaPgsizes & -this.iovaPgsizes;
+        if (size === 0n || (iova | size | vaddr) % page !== 0n) return err("EINVAL");
+        if (this.iovaRanges && !this.iovaRanges.some((r) => iova >= r.start && iova + size - 1n <= r.last)) {
+          return err("EINVAL");
+        }
+        if (overlap(iova, size).length) return err("EEXIST");
+        if (avail === 0) return err("ENOSPC");
+        const mapped = [...this.#maps.values()].some((m) =>
+          m.buffer && vaddr >= m.address && vaddr + size <= m.address + BigInt(m.length)
+        );
+        if (!mapped) return err("EFAULT"); // vfio_pin_pages finds nothing there
+        const pinned = this.containers.flatMap((x) => [...x.mappings.values()]).reduce(
+          (a, m) => a + m.size,
+          0n,
+        );
+        if (this.memlock !== undefined && pinned + size > this.memlock) return err("ENOMEM");
+        c.mappings.set(iova, { iova, size, vaddr, flags: s.get("flags") });
+        return 0;
+      }
+      case "VFIO_IOMMU_UNMAP_DMA": {
+        const s = this.#arg(V.vfio_iommu_type1_dma_unmap, arg);
+        if (typeof s === "number" || driver) return typeof s === "number" ? s : driver;
+        const [flags, iova, size] = [s.get("flags"), s.get("iova"), s.get("size")];
+        const all = flags === V.VFIO_DMA_UNMAP_FLAG_ALL;
+        if (all ? iova !== 0n || size !== 0n || !this.extensions.has(V.VFIO_UNMAP_ALL) : flags || !size) {
+          return err("EINVAL");
+        }
+        const hit = all ? [...c.mappings.values()] : overlap(iova, size);
+        // type1v2 will not split a mapping.
+        if (!all && hit.some((m) => m.iova < iova || m.iova + m.size > iova + size)) return err("EINVAL");
+        hit.forEach((m) => c.mappings.delete(m.iova));
+        s.set("size", hit.reduce((a, m) => a + m.size, 0n));
+        return 0;
+      }
+    }
+    return err("ENOTTY");
+  }
+
+  #groupIoctl(g: GroupState, name: string, arg: Uint8Array | number): number {
+    switch (name) {
+      case "VFIO_GROUP_GET_STATUS": {
+        const s = this.#arg(V.vfio_group_status, arg);
+        if (typeof s === "number") return s;
+        const set = g.container ? V.VFIO_GROUP_FLAGS_CONTAINER_SET : 0;
+        s.set("flags", (this.#viable(g) ? V.VFIO_GROUP_FLAGS_VIABLE : 0) | set);
+        return 0;
+      }
+      case "VFIO_GROUP_SET_CONTAINER": {
+        if (typeof arg === "number" || arg.length < 4) return err("EFAULT");
+        const e = this.#fds.get(new DataView(arg.buffer, arg.byteOffset, 4).getInt32(0, true));
+        if (!e) return err("EBADF");
+        if (e.kind !== "container" || g.container) return err("EINVAL");
+        const noiommu = (x: GroupState) => this.#members(x).some((d) => d.noiommu);
+        if (!this.#viable(g)) return err("EPERM");
+        if ([...e.container.groups].some((o) => noiommu(o) !== noiommu(g))) return err("EPERM");
+        g.container = e.container;
+        e.container.groups.add(g);
+        return 0;
+      }
+      case "VFIO_GROUP_UNSET_CONTAINER":
+        if (!g.container) return err("EINVAL");
+        if (g.deviceFds > 0) return err("EBUSY");
+        this.#detach(g);
+        return 0;
+      case "VFIO_GROUP_GET_DEVICE_FD": {
+        if (typeof arg === "number") return err("EFAULT");
+        const bdf = new TextDecoder().decode(
+          arg.subarray(0, arg.indexOf(0) < 0 ? arg.length : arg.indexOf(0)),
+        );
+        if (g.container?.type === undefined) return err("EINVAL");
+        const device = this.#members(g).find((d) => d.bdf === bdf && d.driver === "vfio-pci");
+        if (!device) return err("ENODEV");
+        g.deviceFds++;
+        return this.#newFd({
+          kind: "device",
+          path: `${this.#fds.get(g.fd!)?.path} (${bdf})`,
+          device,
+          group: g,
+        });
+      }
+    }
+    return err("ENOTTY");
+  }
+
+  #deviceIoctl(d: FakeDevice, name: string, arg: Uint8Array | number): number {
+    switch (name) {
+      case "VFIO_DEVICE_GET_INFO": {
+        const s = this.#arg(V.vfio_device_info, arg, 16);
+        if (typeof s === "number") return s;
+        s.set("flags", V.VFIO_DEVICE_FLAGS_PCI | (d.reset ? V.VFIO_DEVICE_FLAGS_RESET : 0));
+        s.set("num_regions", d.regions.length).set("num_irqs", d.irqs.length);
+        return 0;
+      }
+      case "VFIO_DEVICE_GET_REGION_INFO": {
+        const s = this.#arg(V.vfio_region_info, arg);
+        if (typeof s === "number") return s;
+        const r = d.regions[s.get("index")];
+        if (!r) return err("EINVAL");
+        s.set("flags", r.flags).set("size", BigInt(r.size)).set("offset", BigInt(regionOffset(r.index)));
+        s.set("cap_offset", 0);
+        const areas = (r.sparse ?? []).flatMap((a) => [BigInt(a.offset), BigInt(a.size)]);
+        const caps = [
+          ...(r.sparse ? [cap(V.VFIO_REGION_INFO_CAP_SPARSE_MMAP, [r.sparse.length, 0, ...areas])] : []),
+          ...(r.type ? [cap(V.VFIO_REGION_INFO_CAP_TYPE, [r.type.type, r.type.subtype])] : []),
+          ...(r.msixMappable ? [cap(V.VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, [])] : []),
+        ];
+        const chain = r.rawCaps ?? capChain(caps, V.vfio_region_info.size);
+        return this.#withCaps(s as Struct, chain, V.VFIO_REGION_INFO_FLAG_CAPS);
+      }
+      case "VFIO_DEVICE_GET_IRQ_INFO": {
+        const s = this.#arg(V.vfio_irq_info, arg);
+        if (typeof s === "number") return s;
+        const irq = d.irqs[s.get("index")];
+        if (!irq) return err("EINVAL");
+        s.set("flags", irq.flags).set("count", irq.count);
+        return 0;
+      }
+      case "VFIO_DEVICE_SET_IRQS":
+        return this.#setIrqs(d, arg);
+      case "VFIO_DEVICE_RESET":
+        return d.reset ? (d.resets++, 0) : err("EINVAL");
+      case "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO": {
+        // Too small for the list: ENOSPC, with the count filled in.
+        const s = this.#arg(V.vfio_pci_hot_reset_info, arg);
+        if (typeof s === "number" || !d.hotReset) return typeof s === "number" ? s : err("ENODEV");
+        s.set("flags", 0).set("count", d.hotReset.length);
+        if (s.get("argsz") < s.def.size + 8 * d.hotReset.length) return err("ENOSPC");
+        d.hotReset.forEach((h, i) => {
+          const [seg, bus, slot, fn] = h.bdf.split(/[:.]/).map((x) => parseInt(x, 16));
+          V.vfio_pci_dependent_device.at(s.bytes, s.def.size + 8 * i).set("group_id", h.group)
+            .set("segment", seg!).set("bus", bus!).set("devfn", (slot! << 3) | fn!);
+        });
+        return 0;
+      }
+      case "VFIO_DEVICE_PCI_HOT_RESET": {
+        // Every affected group must be presented by one of its group fds.
+        const s = this.#arg(V.vfio_pci_hot_reset, arg);
+        if (typeof s === "number" || !d.hotReset) return typeof s === "number" ? s : err("ENODEV");
+        const fds = Array.from(
+          { length: s.get("count") },
+          (_, i) => s.view.getInt32(s.def.size + 4 * i, true),
+        );
+        const groups = fds.map((fd) => this.#fds.get(fd)).map((e) =>
+          e?.kind === "group" ? e.group.number : -1
+        );
+        if (groups.includes(-1)) return err("EINVAL");
+        if (!d.hotReset.every((h) => groups.includes(h.group))) return err("EPERM");
+        d.resets++;
+        return 0;
+      }
+      case "VFIO_DEVICE_FEATURE": {
+        const s = this.#arg(V.vfio_device_feature, arg);
+        if (typeof s === "number") return s;
+        const flags = s.get("flags");
+        const probe = (flags & V.VFIO_DEVICE_FEATURE_PROBE) !== 0;
+        return probe && d.features.has(flags & V.VFIO_DEVICE_FEATURE_MASK) ? 0 : err("ENOTTY");
+      }
+    }
+    return err("ENOTTY");
+  }
+
+  // vfio_set_irqs_validate_and_prepare, then vfio_pci_set_irqs_ioctl.
+  #setIrqs(d: FakeDevice, arg: Uint8Array | number): number {
+    const s = this.#arg(V.vfio_irq_set, arg);
+    if (typeof s === "number") return s;
+    const [flags, index, start, count] = [s.get("flags"), s.get("index"), s.get("start"), s.get("count")];
+    const [irq, data, action] = [d.irqs[index], flags & 0x7, flags & 0x38];
+    const oneBit = (x: number) => x !== 0 && (x & (x - 1)) === 0;
+    if (!irq || !oneBit(data) || !oneBit(action) || flags & ~0x3f) return err("EINVAL");
+    if (start >= irq.count || start + count > irq.count) return err("EINVAL");
+    const eventfds = data === V.VFIO_IRQ_SET_DATA_EVENTFD;
+    if (eventfds && s.get("argsz") < s.def.size + 4 * count) return err("EINVAL");
+    if (data === V.VFIO_IRQ_SET_DATA_BOOL) return err("EINVAL"); // not modelled; the library never sends it
+    if (action !== V.VFIO_IRQ_SET_ACTION_TRIGGER && !(irq.flags & V.VFIO_IRQ_INFO_MASKABLE)) {
+      return err("ENOTTY");
+    }
+    const fds = eventfds
+      ? Array.from({ length: count }, (_, i) => s.view.getInt32(s.def.size + 4 * i, true))
+      : [];
+    const entries = fds.map((fd) => fd === -1 ? undefined : this.#fds.get(fd));
+    if (fds.some((fd, i) => fd !== -1 && entries[i]?.kind !== "eventfd")) return err("EBADF");
+    d.irqSets.push({ flags, index, start, count, fds });
+    for (let i = start; i < start + count; i++) {
+      if (action === V.VFIO_IRQ_SET_ACTION_MASK) irq.masked[i] = true;
+      else if (action === V.VFIO_IRQ_SET_ACTION_UNMASK) irq.masked[i] = false;
+      else if (eventfds) irq.triggers[i] = (entries[i - start] as { counter: Counter } | undefined)?.counter;
+      else if (irq.triggers[i]) signal(irq.triggers[i]!);
+    }
+    if (action === V.VFIO_IRQ_SET_ACTION_TRIGGER && !eventfds && count === 0) irq.triggers = [];
+    return 0;
+  }
+}
+
+/** eventfd_signal: adds to the counter and wakes one waiting reader. */
+function signal(c: Counter, n = 1n): void {
+  c.value += n;
+  c.waiters.shift()?.();
+}
+
+/** An eventfd read: the counter's value, then zero. */
+function consume(c: Counter, buf: Uint8Array): number {
+  if (buf.length < 8) return err("EINVAL");
+  new DataView(buf.buffer, buf.byteOffset, 8).setBigUint64(0, c.value, true);
+  c.value = 0n;
+  return 8;
+}
+
+/** The usual device: QEMU edu at 0000:00:04.0, bound to vfio-pci, alone in IOMMU group 4. */
+export const EDU = "0000:00:04.0";
+
+/**
+ * A fake with the edu device.
+ *
+ * @param o Overrides for the device.
+ * @returns The fake.
+ */
+export function withEdu(o: Partial<FakeDeviceOptions> = {}): FakeSys {
+  const fake = new FakeSys();
+  fake.addDevice({ bdf: EDU, group: 4, ...o });
+  return fake;
+}
+
+/**
+ * The low-level legacy sequence: open the container and the group, attach, set the IOMMU, get
+ * the device. The caller closes all three.
+ */
+export function openLegacy(
+  sys: Sys,
+  bdf = EDU,
+  group = 4,
+): { container: VfioContainer; group: VfioGroup; device: VfioDevice } {
+  const container = VfioContainer.open(sys);
+  const g = VfioGroup.open(sys, group);
+  g.setContainer(container);
+  container.setIommu();
+  return { container, group: g, device: g.getDevice(bdf) };
+}

@@ -1,0 +1,258 @@
+/**
+ * lib/irq.ts: eventfds attached with VFIO_DEVICE_SET_IRQS, software triggers, masking, waiting
+ * synchronously and asynchronously, and teardown that disables the index and closes the eventfds.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import {
+  VFIO_IRQ_SET_ACTION_MASK,
+  VFIO_IRQ_SET_ACTION_TRIGGER,
+  VFIO_IRQ_SET_ACTION_UNMASK,
+  VFIO_IRQ_SET_DATA_EVENTFD,
+  VFIO_IRQ_SET_DATA_NONE,
+  VFIO_PCI_ERR_IRQ_INDEX,
+  VFIO_PCI_INTX_IRQ_INDEX,
+  VFIO_PCI_MSI_IRQ_INDEX,
+  VFIO_PCI_MSIX_IRQ_INDEX,
+} from "../../lib/uapi/vfio.ts";
+import { EDU, type FakeDeviceOptions, openLegacy, withEdu } from "./fake_sys.ts";
+
+const EVENTFD_TRIGGER = VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER;
+const NONE_TRIGGER = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER;
+
+/** The edu device, opened; disposing closes everything and checks for leaks. */
+function open(irqs: FakeDeviceOptions["irqs"] = []) {
+  const fake = withEdu({ irqs });
+  const { container, group, device } = openLegacy(fake);
+  const dev = fake.device(EDU);
+  const eventfds = () => fake.openFds().filter((f) => f.kind === "eventfd").map((f) => f.fd);
+  const done = () => {
+    device.close();
+    group.close();
+    container.close();
+    assert.deepEqual(fake.leaks(), []);
+  };
+  return { fake, device, dev, eventfds, [Symbol.dispose]: done };
+}
+
+test("irq: info reports the index's flags and vector count", () => {
+  using t = open();
+  assert.deepEqual(t.device.irqInfo(VFIO_PCI_INTX_IRQ_INDEX), {
+    index: 0,
+    flags: 0b111,
+    count: 1,
+    eventfd: true,
+    maskable: true,
+    automasked: true,
+    noresize: false,
+  });
+  const msix = t.device.irqInfo(VFIO_PCI_MSIX_IRQ_INDEX);
+  assert.deepEqual([msix.count, msix.maskable, msix.noresize], [4, false, true]);
+  assert.throws(() => t.device.irqInfo(5), /Cannot use IRQ index 5 of 0000:00:04.0: it has indexes 0..4/);
+});
+
+test("irq: enable attaches one new eventfd per vector with DATA_EVENTFD | ACTION_TRIGGER", () => {
+  using t = open();
+  const irq = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 3);
+  assert.equal(irq.eventfds.length, 3);
+  assert.deepEqual([...irq.eventfds], t.eventfds());
+  assert.deepEqual(t.dev.irqSets, [
+    { flags: EVENTFD_TRIGGER, index: VFIO_PCI_MSIX_IRQ_INDEX, start: 0, count: 3, fds: [...irq.eventfds] },
+  ]);
+});
+
+test("irq: a vector count outside the index is a RangeError and opens nothing", () => {
+  using t = open();
+  assert.throws(
+    () => t.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX, 2),
+    /Cannot enable 2 vectors of IRQ index 1: it has 1/,
+  );
+  assert.throws(() => t.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX, 0), RangeError);
+  assert.deepEqual(t.eventfds(), []);
+  assert.deepEqual(t.dev.irqSets, []);
+});
+
+test("irq: an index that cannot signal an eventfd is a TypeError", () => {
+  using t = open([{ index: VFIO_PCI_ERR_IRQ_INDEX, count: 1, flags: 0 }]);
+  assert.throws(() => t.device.enableIrq(VFIO_PCI_ERR_IRQ_INDEX), /it cannot signal an eventfd/);
+  assert.deepEqual(t.eventfds(), []);
+});
+
+test("irq: a refused SET_IRQS closes the eventfds it created", () => {
+  using t = open();
+  using _ = t.fake.fail("ioctl", "VFIO_DEVICE_SET_IRQS", "EINVAL");
+  assert.throws(
+    () => t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 4),
+    /Cannot set eventfds for IRQ index 2 vectors 0..4/,
+  );
+  assert.deepEqual(t.eventfds(), []);
+});
+
+test("irq: a failing eventfd() closes the ones made before it", () => {
+  using t = open();
+  using _ = t.fake.fail("eventfd", undefined, "EMFILE", { after: 2 });
+  assert.throws(
+    () => t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 4),
+    /Cannot create an eventfd \(eventfd: EMFILE\)/,
+  );
+  assert.equal(t.fake.calls.filter((c) => c.op === "eventfd").length, 3);
+  assert.deepEqual(t.eventfds(), []);
+  assert.deepEqual(t.dev.irqSets, []);
+});
+
+test("irq: trigger fires vectors with DATA_NONE | ACTION_TRIGGER, and wait sees them", () => {
+  using t = open();
+  const irq = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 2);
+  assert.equal(irq.wait(1, 0), 0); // nothing yet: poll times out
+  irq.trigger(1);
+  assert.deepEqual(t.dev.irqSets.at(-1), { flags: NONE_TRIGGER, index: 2, start: 1, count: 1, fds: [] });
+  assert.equal(irq.wait(0, 0), 0);
+  assert.equal(irq.wait(1, 0), 1);
+  assert.equal(irq.wait(1, 0), 0); // the read reset the counter
+  irq.trigger(0, 2);
+  t.fake.raise(EDU, VFIO_PCI_MSIX_IRQ_INDEX, 0);
+  assert.equal(irq.wait(0, 0), 2);
+  assert.equal(irq.wait(1, 0), 1);
+});
+
+test("irq: vectors outside the enabled ones are RangeErrors", () => {
+  using t = open();
+  const irq = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 2);
+  const before = t.dev.irqSets.length;
+  assert.throws(() => irq.trigger(2), /Cannot use vector 2 of IRQ index 2: 2 are enabled/);
+  assert.throws(() => irq.trigger(1, 2), RangeError);
+  assert.throws(() => irq.wait(5, 0), RangeError);
+  assert.throws(() => irq.mask(3), RangeError);
+  assert.throws(() => irq.trigger(-1, 2), /Cannot use vector -1 of IRQ index 2/);
+  assert.throws(() => irq.unmask(0.5), RangeError);
+  assert.throws(() => irq.trigger(0, 0), RangeError);
+  assert.equal(t.dev.irqSets.length, before);
+});
+
+test("irq: mask and unmask send ACTION_MASK and ACTION_UNMASK; an automasked INTx needs the unmask", () => {
+  using t = open();
+  const intx = t.device.enableIrq(VFIO_PCI_INTX_IRQ_INDEX);
+  intx.mask();
+  assert.deepEqual(t.dev.irqSets.at(-1), {
+    flags: VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_MASK,
+    index: 0,
+    start: 0,
+    count: 1,
+    fds: [],
+  });
+  assert.equal(t.fake.raise(EDU, 0), false);
+  intx.unmask();
+  assert.equal(t.dev.irqSets.at(-1)!.flags, VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_UNMASK);
+  assert.equal(t.fake.raise(EDU, 0), true);
+  assert.equal(t.fake.raise(EDU, 0), false); // automasked after the first
+  assert.equal(intx.wait(), 1);
+  intx.unmask();
+  assert.equal(t.fake.raise(EDU, 0), true);
+});
+
+test("irq: masking an index the kernel cannot mask is a VfioError", () => {
+  using t = open();
+  const msi = t.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX);
+  assert.throws(() => msi.mask(), /Cannot mask IRQ index 1 vectors 0..1 .*\(VFIO_DEVICE_SET_IRQS: ENOTTY\)/);
+});
+
+test("irq: rearm attaches the same eventfds again", () => {
+  using t = open();
+  const irq = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 2);
+  t.device.reset();
+  irq.rearm();
+  assert.equal(t.dev.irqSets.length, 2);
+  assert.deepEqual(t.dev.irqSets[1], t.dev.irqSets[0]);
+});
+
+test("irq: close disables the index with count 0, closes the eventfds, and is idempotent", () => {
+  using t = open();
+  const irq = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 2);
+  const fds = [...irq.eventfds];
+  irq.close();
+  irq.close();
+  assert.equal(irq.closed, true);
+  assert.deepEqual(t.dev.irqSets.slice(1), [{ flags: NONE_TRIGGER, index: 2, start: 0, count: 0, fds: [] }]);
+  assert.deepEqual(t.eventfds(), []);
+  assert.deepEqual(t.fake.calls.filter((c) => c.op === "close" && fds.includes(c.fd!)).map((c) => c.fd), fds);
+  assert.throws(() => irq.trigger(), /Cannot use IRQ index 2: it is closed/);
+  assert.throws(() => irq.wait(0, 0), TypeError);
+  assert.deepEqual(t.dev.irqs[2]!.triggers, []);
+});
+
+test("irq: the device closes its interrupts when it closes", () => {
+  using t = open();
+  const a = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 2);
+  const b = t.device.enableIrq(VFIO_PCI_INTX_IRQ_INDEX);
+  t.device.close();
+  assert.ok(a.closed && b.closed);
+  assert.deepEqual(t.dev.irqSets.slice(2).map((s) => [s.index, s.count]), [[0, 0], [2, 0]]); // reverse order
+  assert.deepEqual(t.eventfds(), []);
+});
+
+test("irq: a closed IRQ is forgotten by the device", () => {
+  using t = open();
+  t.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX).close();
+  const sets = t.dev.irqSets.length;
+  t.device.close();
+  assert.equal(t.dev.irqSets.length, sets); // no second disable
+});
+
+test("irq: next() resolves with the count when the device interrupts", async () => {
+  using t = open();
+  const irq = t.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX);
+  const p = irq.next();
+  t.fake.raise(EDU, VFIO_PCI_MSI_IRQ_INDEX);
+  assert.equal(await p, 1);
+  t.fake.raise(EDU, VFIO_PCI_MSI_IRQ_INDEX);
+  t.fake.raise(EDU, VFIO_PCI_MSI_IRQ_INDEX);
+  assert.equal(await irq.next(), 2);
+});
+
+test("irq: close while next() is pending resolves it with 0 and closes the eventfds after", async () => {
+  using t = open();
+  const irq = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 2);
+  const fds = [...irq.eventfds];
+  const p = irq.next(1);
+  await Promise.resolve();
+  irq.close();
+  assert.deepEqual(t.eventfds(), fds); // still open: a read is in flight on one of them
+  assert.equal(t.dev.irqSets.at(-1)!.count, 0);
+  assert.equal(await p, 0);
+  assert.deepEqual(t.eventfds(), []);
+});
+
+test("irq: the async iterator yields each interrupt and ends on close", async () => {
+  using t = open();
+  const irq = t.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX);
+  const seen: number[] = [];
+  const loop = (async () => {
+    for await (const n of irq) {
+      seen.push(n);
+      if (seen.length === 2) irq.close();
+      else t.fake.raise(EDU, VFIO_PCI_MSI_IRQ_INDEX);
+    }
+  })();
+  t.fake.raise(EDU, VFIO_PCI_MSI_IRQ_INDEX);
+  await loop;
+  assert.deepEqual(seen, [1, 1]);
+  assert.deepEqual(t.eventfds(), []);
+});
+
+test("irq: a failing eventfd read is a VfioError", () => {
+  using t = open();
+  const irq = t.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX);
+  irq.trigger();
+  using _ = t.fake.fail("read", undefined, "EIO");
+  assert.throws(() => irq.wait(0, 0), /Cannot read IRQ 1 eventfd \(read: EIO\)/);
+});
+
+test("irq: close wakes every pending next(), even two on the same vector", async () => {
+  using t = open();
+  const irq = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 2);
+  const waits = [irq.next(0), irq.next(0), irq.next(1)];
+  await Promise.resolve();
+  irq.close();
+  assert.deepEqual(await Promise.all(waits), [0, 0, 0]);
+  assert.deepEqual(t.eventfds(), []);
+});
