@@ -14,7 +14,14 @@ import process from "node:process";
 import { check } from "../lib/errors.ts";
 import type { Sys } from "../lib/sys.ts";
 import { PCI_DEVICES, requirePciDevice } from "../lib/sysfs.ts";
-import { driverName, groupNodePath, groupNumber, isVfioDriver, vfioNodes } from "./devices.ts";
+import {
+  deviceCdevPath,
+  driverName,
+  groupNodePath,
+  groupNumber,
+  isVfioDriver,
+  vfioNodes,
+} from "./devices.ts";
 
 /** Where `bind` records each device's previous driver. */
 export const STATE_DIR = "/run/vfio-ts";
@@ -215,15 +222,8 @@ export function unbind(sys: Sys, bdf: string, driver?: string): UnbindResult {
   }
   requireRoot(action);
   const group = groupNumber(sys, name);
-  const nodes = [
-    group === null ? null : groupNodePath(vfioNodes(sys), group),
-    ...(() => {
-      const e = sys.readDir(`${dir}/vfio-dev`);
-      return typeof e === "number"
-        ? []
-        : e.filter((n) => /^vfio\d+$/.test(n)).map((n) => `/dev/vfio/devices/${n}`);
-    })(),
-  ].filter((p): p is string => p !== null);
+  const nodes = [group === null ? null : groupNodePath(vfioNodes(sys), group), deviceCdevPath(sys, name)]
+    .filter((p): p is string => p !== null);
   const busy = holders(sys, nodes);
   if (busy.length) {
     throw new CliError(

@@ -179,6 +179,23 @@ export function vfioNodes(sys: Sys): string[] {
 }
 
 /**
+ * A device's VFIO cdev, when the node exists. sysfs lists the vfio device under `vfio-dev/` even
+ * when the kernel makes no cdevs (no CONFIG_VFIO_DEVICE_CDEV), so the node itself is checked.
+ *
+ * @param sys The syscall backend.
+ * @param bdf A PCI address.
+ * @returns `/dev/vfio/devices/vfioN`, or null.
+ */
+export function deviceCdevPath(sys: Sys, bdf: string): string | null {
+  const entries = sys.readDir(`${PCI_DEVICES}/${canonicalPciAddress(bdf)}/vfio-dev`);
+  const name = typeof entries === "number" ? undefined : entries.find((e) => /^vfio\d+$/.test(e));
+  const nodes = sys.readDir("/dev/vfio/devices");
+  return name !== undefined && typeof nodes !== "number" && nodes.includes(name)
+    ? `/dev/vfio/devices/${name}`
+    : null;
+}
+
+/**
  * Summarizes one device.
  *
  * @param sys The syscall backend.
@@ -193,8 +210,7 @@ export function summarize(sys: Sys, bdf: string, nodes: readonly string[] = vfio
   const cls = id("class", 6);
   const group = groupNumber(sys, name);
   const driver = driverName(sys, name);
-  const vfioDev = sys.readDir(`${PCI_DEVICES}/${name}/vfio-dev`);
-  const cdev = typeof vfioDev === "number" ? undefined : vfioDev.find((e) => /^vfio\d+$/.test(e));
+  const cdev = deviceCdevPath(sys, name);
   return {
     bdf: name,
     vendor: id("vendor", 4),
@@ -207,7 +223,7 @@ export function summarize(sys: Sys, bdf: string, nodes: readonly string[] = vfio
       bound: isVfioDriver(driver),
       groupNode: group === null ? null : groupNodePath(nodes, group),
       groupViable: group === null ? null : groupViability(sys, group).viable,
-      cdev: cdev === undefined ? null : `/dev/vfio/devices/${cdev}`,
+      cdev,
     },
   };
 }

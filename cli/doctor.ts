@@ -28,6 +28,7 @@ import { chooseBackend } from "../lib/open.ts";
 import type { Sys } from "../lib/sys.ts";
 import { requirePciDevice } from "../lib/sysfs.ts";
 import {
+  deviceCdevPath,
   driverName,
   groupNodePath,
   groupNumber,
@@ -315,15 +316,8 @@ function checkDevice(
       bdf,
     );
   }
-  const paths = backend === "iommufd"
-    ? (() => {
-      const e = sys.readDir(`/sys/bus/pci/devices/${bdf}/vfio-dev`);
-      const n = typeof e === "number" ? undefined : e.find((x) => /^vfio\d+$/.test(x));
-      return n ? [`/dev/vfio/devices/${n}`] : [];
-    })()
-    : node
-    ? [node]
-    : [];
+  const cdev = deviceCdevPath(sys, bdf);
+  const paths = backend === "iommufd" ? (cdev ? [cdev] : []) : node ? [node] : [];
   const denied = paths.filter((p) => !canReadWrite(p));
   if (backend === "iommufd" && paths.length === 0) {
     add(

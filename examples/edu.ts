@@ -7,9 +7,12 @@
  * eventfd is read off the JavaScript thread, so the event loop stays free.
  *
  * ```sh
- * deno run --allow-ffi --allow-read --allow-write --allow-env examples/edu.ts [BDF]
+ * deno run -A examples/edu.ts [BDF]
  * bun examples/edu.ts [BDF]
  * ```
+ *
+ * (Deno 2.9 lets a program read /sys, /proc and /dev only with --allow-all; --allow-ffi, which
+ * any VFIO program needs, grants as much anyway.)
  *
  * The device must be bound to vfio-pci first (`vfio bind 0000:00:04.0`). BDF defaults to
  * 0000:00:04.0, where QEMU puts `-device edu,addr=04.0`.

@@ -29,7 +29,7 @@ import {
   iommu_ioas_unmap,
   iommu_iova_range,
 } from "./uapi/iommufd.ts";
-import { MAP_ANONYMOUS, MAP_PRIVATE, O_CLOEXEC, O_RDWR, PROT_READ, PROT_WRITE } from "./uapi/libc.ts";
+import { ERRNO, MAP_ANONYMOUS, MAP_PRIVATE, O_CLOEXEC, O_RDWR, PROT_READ, PROT_WRITE } from "./uapi/libc.ts";
 import {
   VFIO_DEVICE_ATTACH_IOMMUFD_PT,
   VFIO_DEVICE_BIND_IOMMUFD,
@@ -168,7 +168,7 @@ export class IommufdIoas extends IommuBase {
       const found = withScratch(this.sys, n * iommu_iova_range.size, (address, bytes) => {
         q.set("num_iovas", n).set("allowed_iovas", address);
         const r = this.sys.ioctlPtr(this.#fd.fd, IOMMU_IOAS_IOVA_RANGES, q.bytes);
-        if (r === -90 /* EMSGSIZE */) return undefined;
+        if (r === -ERRNO.EMSGSIZE!) return undefined;
         check(r, { op: "IOMMU_IOAS_IOVA_RANGES", path: this.path, action: "list IOVA ranges" });
         return Array.from({ length: q.get("num_iovas") }, (_, i) => {
           const range = iommu_iova_range.at(bytes, i * iommu_iova_range.size);

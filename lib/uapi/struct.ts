@@ -94,6 +94,8 @@ export class Struct<F extends Fields = Fields> {
   readonly view: DataView;
 
   /**
+   * Views `bytes` through the layout `def`; reads and writes go straight to that memory.
+   *
    * @param def The layout.
    * @param bytes The memory; it may be longer than the struct (trailing data).
    */

@@ -5,7 +5,9 @@
  * - 0000:00:04.0 QEMU edu, bound to vfio-pci, alone in its IOMMU group;
  * - 0000:00:05.0 QEMU NVMe, bound to vfio-pci, backed by VFIO_TS_NVME_IMAGE;
  * - 0000:00:06.0 a second edu on vfio-pci, sharing its group with 0000:00:06.1, a virtio device
- *   left on virtio-pci, so that group is not viable.
+ *   left on virtio-pci, so that group is not viable;
+ * - 0000:01:00.0 a third edu on vfio-pci, alone behind a PCIe root port at 0000:00:07.0, so that
+ *   a hot (secondary bus) reset is possible.
  *
  * @module
  */
@@ -18,6 +20,8 @@ export const EDU = "0000:00:04.0";
 export const NVME = "0000:00:05.0";
 export const EDU2 = "0000:00:06.0";
 export const BLOCKER = "0000:00:06.1";
+/** A third edu behind a PCIe root port, so that a bus (hot) reset is possible. */
+export const EDU_BEHIND_PORT = "0000:01:00.0";
 
 /** The lab configuration this guest was booted with, e.g. `stock-intel`, `custom-noiommu`. */
 export const CONFIG = process.env.VFIO_TS_LAB_CONFIG ?? "";

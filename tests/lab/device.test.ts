@@ -5,13 +5,17 @@ import { readFileSync } from "node:fs";
 import { VfioError } from "../../lib/errors.ts";
 import { openPciDevice } from "../../lib/open.ts";
 import {
+  VFIO_DEVICE_FEATURE_GET,
+  VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY,
+  VFIO_DEVICE_FEATURE_MIGRATION,
+  VFIO_DEVICE_FEATURE_SET,
   VFIO_PCI_BAR0_REGION_INDEX,
   VFIO_PCI_CONFIG_REGION_INDEX,
   VFIO_PCI_NUM_IRQS,
   VFIO_PCI_NUM_REGIONS,
 } from "../../lib/uapi/vfio.ts";
 import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY } from "../../lib/uapi/pci.ts";
-import { backends, EDU, edu, NVME, sys } from "./_fixture.ts";
+import { backends, EDU, EDU_BEHIND_PORT, edu, NVME, sys } from "./_fixture.ts";
 
 const sysfs = (bdf: string, attr: string) => readFileSync(`/sys/bus/pci/devices/${bdf}/${attr}`, "utf8").trim();
 
@@ -145,5 +149,33 @@ for (const mode of backends()) {
     nvme.device.config.enableMemory();
     nvme.device.reset();
     assert.equal(bar0.read32(0x14) & 1, 0);
+  });
+
+  test(`${mode.name}: hot reset resets the bus behind a root port, presenting the right ownership`, () => {
+    using v = openPciDevice(sys, EDU_BEHIND_PORT, mode.options);
+    const affected = v.device.hotResetInfo();
+    assert.deepEqual(affected.map((d) => d.bdf), [EDU_BEHIND_PORT]);
+    // Legacy reports IOMMU groups; a cdev bound to an iommufd reports device IDs.
+    assert.equal(affected[0]!.devid, mode.name === "iommufd");
+    using bar0 = v.device.registers(0);
+    v.device.hotReset();
+    // The kernel saved and restored config space around the reset: the device answers again.
+    assert.equal(bar0.read32(edu.IDENT), 0x010000ed);
+  });
+
+  test(`${mode.name}: hot reset of a device on the root bus is refused with ENODEV`, () => {
+    using v = openPciDevice(sys, EDU, mode.options);
+    assert.throws(() => v.device.hotResetInfo(), (e: unknown) => {
+      assert.ok(e instanceof VfioError);
+      assert.equal(e.code, "ENODEV");
+      return true;
+    });
+  });
+
+  test(`${mode.name}: device features are probed (low-power entry yes, migration no)`, () => {
+    using v = openPciDevice(sys, EDU, mode.options);
+    assert.equal(v.device.featureSupported(VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, VFIO_DEVICE_FEATURE_SET), true);
+    assert.equal(v.device.featureSupported(VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, VFIO_DEVICE_FEATURE_GET), false);
+    assert.equal(v.device.featureSupported(VFIO_DEVICE_FEATURE_MIGRATION, VFIO_DEVICE_FEATURE_GET), false);
   });
 }

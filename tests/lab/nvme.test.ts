@@ -40,9 +40,9 @@ function hostRead(offset: number, length: number): Uint8Array {
   return data;
 }
 
-/** Runs the command line on the runtime under test. */
-function cli(...args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const argv = sys.name === "deno" ? ["run", "-A", SCRIPT, ...args] : [SCRIPT, ...args];
+/** Runs the command line on the runtime under test, with space-separated arguments. */
+function cli(args: string): { status: number | null; stdout: string; stderr: string } {
+  const argv = [...(sys.name === "deno" ? ["run", "-A", SCRIPT] : [SCRIPT]), ...args.split(" ")];
   const r = spawnSync(process.execPath, argv, { encoding: "utf8", timeout: 100_000 });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
@@ -63,7 +63,7 @@ if (!HAS_IOMMU) {
   );
 
   test("noiommu: the command line reports the no-IOMMU error and exits 1", T, () => {
-    const r = cli("--json", NVME);
+    const r = cli(`--json ${NVME}`);
     assert.equal(r.status, 1, r.stderr);
     const report = JSON.parse(r.stdout);
     assert.equal(report.ok, false);
@@ -175,19 +175,7 @@ for (const mode of HAS_IOMMU ? backends() : []) {
     fillPattern(data, lba, bs, seed);
     hostWrite(lba * bs, data);
     const r = cli(
-      "--json",
-      "--verify",
-      "--lba",
-      "40000",
-      "--blocks",
-      "1500",
-      "--seed",
-      "5",
-      "--backend",
-      mode.name,
-      "--expect",
-      `${lba}:${blocks}:${seed}`,
-      NVME,
+      `--json --verify --lba 40000 --blocks 1500 --seed 5 --backend ${mode.name} --expect ${lba}:${blocks}:${seed} ${NVME}`,
     );
     assert.equal(r.status, 0, r.stderr);
     const report = JSON.parse(r.stdout);
@@ -202,7 +190,7 @@ for (const mode of HAS_IOMMU ? backends() : []) {
       undefined,
       "the host sees the writes",
     );
-    const bad = cli("--json", "--poll", "--expect", `${lba}:${blocks}:${seed + 1}`, NVME);
+    const bad = cli(`--json --poll --expect ${lba}:${blocks}:${seed + 1} ${NVME}`);
     assert.equal(bad.status, 1);
     assert.match(
       JSON.parse(bad.stdout).error.message,

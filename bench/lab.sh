@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The lab half of `npm run bench`: runs inside the guest of scripts/lab/run.sh, in the repo, after
+# scripts/bench.mjs has built bench/build/ on the host. Writes, under OUT:
+#   results.jsonl      one JSON line per benchmark and side (C, deno, bun)
+#   fio-qdN-R.json     fio's report of each kernel-driver run
+#   machine            what ran it
+# Every group is opened by one process at a time: the C baseline and the two runtimes take turns.
+#
+# usage: bench/lab.sh OUT   (env: BENCH_ROUNDS BENCH_REPS BENCH_TARGET_MS BENCH_WARMUP_MS BENCH_IO_MS
+#                            BENCH_IRQ_EVENTS BENCH_ONLY=edu|nvme)
+set -uo pipefail
+out=${1:?usage: bench/lab.sh OUT}
+rounds=${BENCH_ROUNDS:-2} reps=${BENCH_REPS:-5} target=${BENCH_TARGET_MS:-100} warm=${BENCH_WARMUP_MS:-100}
+io_ms=${BENCH_IO_MS:-2000} events=${BENCH_IRQ_EVENTS:-500} only=${BENCH_ONLY:-}
+edu=0000:00:04.0 nvme=0000:00:05.0
+mkdir -p "$out"
+results=$out/results.jsonl
+: > "$results"
+status=0
+say() { echo "bench-lab: $*" >&2; }
+opts=(--reps "$reps" --target-ms "$target" --warmup-ms "$warm" --irq-events "$events" --io-ms "$io_ms")
+js() { # runtime part
+  if [ "$1" = deno ]; then deno run -A bench/lab.ts --part "$2" "${opts[@]}" >> "$results" || status=1
+  else bun bench/lab.ts --part "$2" "${opts[@]}" >> "$results" || status=1; fi
+}
+echo "QEMU TCG guest (-cpu max, 1 vCPU), kernel $(uname -r)" > "$out/machine"
+
+if [ "$only" != nvme ]; then
+  for r in $(seq "$rounds"); do
+    say "edu round $r/$rounds: C"
+    bench/build/lab_baseline "$edu" "$reps" "$target" "$warm" "$events" >> "$results" || status=1
+    for rt in deno bun; do say "edu round $r/$rounds: $rt"; js "$rt" edu; done
+  done
+fi
+
+if [ "$only" != edu ]; then
+  for rt in deno bun; do say "nvme: $rt"; js "$rt" nvme; done
+
+  # The kernel's nvme driver on the same controller: rebind it, run fio (io_uring), give it back.
+  d=/sys/bus/pci/devices/$nvme
+  say "nvme: binding $nvme to the kernel nvme driver"
+  [ -e "$d/driver" ] && echo "$nvme" > "$d/driver/unbind"
+  echo nvme > "$d/driver_override"
+  echo "$nvme" > /sys/bus/pci/drivers_probe
+  dev=""
+  for _ in $(seq 300); do
+    for b in /sys/bus/pci/devices/$nvme/nvme/nvme*/nvme*n1; do [ -e "$b" ] && dev=/dev/${b##*/}; done
+    [ -n "$dev" ] && [ -b "$dev" ] && break
+    dev=""
+    sleep 0.1
+  done
+  if [ -z "$dev" ]; then
+    say "error: no namespace block device appeared for $nvme"
+    status=1
+  elif ! command -v fio > /dev/null; then
+    say "error: fio is not installed on the host (scripts/bench.mjs installs it)"
+    status=1
+  else
+    say "nvme: fio on $dev"
+    secs=$(awk "BEGIN { printf \"%.3f\", $io_ms / 1000 }")
+    for qd in 1 32; do
+      for r in $(seq "$reps"); do
+        # The first run of each depth carries the warm-up, as the JS side's.
+        ramp=0; [ "$r" = 1 ] && ramp=$(awk "BEGIN { printf \"%.3f\", $io_ms / 2000 }")
+        fio --name=randread --filename="$dev" --ioengine=io_uring --direct=1 --rw=randread --bs=4k \
+          --iodepth="$qd" --numjobs=1 --time_based --runtime="${secs}s" --ramp_time="${ramp}s" \
+          --norandommap --randrepeat=0 --output-format=json --output="$out/fio-qd$qd-$r.json" \
+          || status=1
+      done
+    done
+  fi
+  say "nvme: giving $nvme back to vfio-pci"
+  [ -e "$d/driver" ] && echo "$nvme" > "$d/driver/unbind"
+  echo vfio-pci > "$d/driver_override"
+  echo "$nvme" > /sys/bus/pci/drivers_probe
+fi
+say "done (status $status)"
+exit "$status"

@@ -1,0 +1,230 @@
+/**
+ * Lab benchmarks: run inside the QEMU guest of scripts/lab/run.sh by bench/lab.sh, under Deno and
+ * Bun. The C side is bench/lab_baseline.c (edu) and the kernel's nvme driver under fio (NVMe).
+ *
+ * `--part edu` (0000:00:04.0, legacy container so that the C baseline's ioctls are the same ones):
+ * - `ioctl.group_status`: `sys.ioctlPtr(group fd, VFIO_GROUP_GET_STATUS)`;
+ * - `mmio.mmap.*32`: `device.registers(0)` (the mmap fast path), 0x00 ident and 0x04 liveness;
+ * - `mmio.pread.*32`: `device.registers(0, { path: "pread" })`;
+ * - `dma.map_unmap_4k`: `backend.mapDma` + `backend.unmapDma` of one 4 KiB page, pairs/s;
+ * - `irq.msi.wait.*`: write 0x60 → MSI → eventfd → `irq.wait()` (poll(2) on this thread);
+ * - `irq.msi.next.*`: the same, awaited with `irq.next()` (the read runs off the JS thread).
+ *
+ * `--part nvme` (0000:00:05.0), random 4 KiB reads over the whole namespace, IOPS:
+ * - `nvme.randread4k.qd1`: `NvmeController.read()` from examples/nvme.ts, polled;
+ * - `nvme.randread4k.qd1.msix`: the same with MSI-X interrupts;
+ * - `nvme.randread4k.qd32`: 32 reads in flight on bench/nvme_queue.ts, polled.
+ *
+ * ```sh
+ * deno run -A bench/lab.ts --part edu|nvme [--reps 5] [--target-ms 100] [--warmup-ms 100]
+ * ```
+ *
+ * @module
+ */
+import process from "node:process";
+import { loadSys } from "../ffi/mod.ts";
+import { VfioContainer } from "../lib/container.ts";
+import { openPciDevice } from "../lib/open.ts";
+import { MAP_ANONYMOUS, MAP_POPULATE, MAP_PRIVATE, PROT_READ, PROT_WRITE } from "../lib/uapi/libc.ts";
+import { VFIO_GROUP_GET_STATUS, VFIO_PCI_MSI_IRQ_INDEX } from "../lib/uapi/vfio.ts";
+import { NvmeController, PAGE } from "../examples/nvme.ts";
+import { argValue, emit, log, optionsFromArgs, percentile, sink, timeOps } from "./_harness.ts";
+import { BenchQueue } from "./nvme_queue.ts";
+
+const EDU = argValue("edu") ?? "0000:00:04.0";
+const NVME = argValue("nvme") ?? "0000:00:05.0";
+const o = optionsFromArgs({ reps: 5, targetMs: 100, warmupMs: 100 });
+const irqEvents = Number(argValue("irq-events") ?? 500);
+const ioMs = Number(argValue("io-ms") ?? 2000);
+const sys = await loadSys();
+const part = argValue("part") ?? "edu";
+
+// Runs one benchmark section; a failure is reported as a result line and the next section runs.
+async function section(bench: string, fn: () => void | Promise<void>): Promise<void> {
+  try {
+    await fn();
+  } catch (e) {
+    log(`${bench} failed: ${e instanceof Error ? e.stack : e}`);
+    process.stdout.write(JSON.stringify({ bench, side: sys.name, error: String(e) }) + "\n");
+  }
+}
+
+if (part === "edu") {
+  using vfio = openPciDevice(sys, EDU, { backend: "legacy" });
+  const { backend, device } = vfio;
+
+  await section("ioctl.group_status", () => {
+    if (!(backend instanceof VfioContainer)) throw new TypeError("expected the legacy container");
+    const group = [...backend.groups][0]!;
+    const status = new Uint8Array(8);
+    new DataView(status.buffer).setUint32(0, 8, true); // argsz
+    const fd = group.fd;
+    emit({
+      bench: "ioctl.group_status",
+      unit: "ns",
+      samples: timeOps((n) => {
+        let s = 0;
+        for (let i = 0; i < n; i++) s += sys.ioctlPtr(fd, VFIO_GROUP_GET_STATUS, status);
+        sink.value = s;
+      }, o),
+    });
+  });
+
+  for (const path of ["mmap", "pread"] as const) {
+    await section(`mmio.${path}`, () => {
+      using bar = device.registers(0, { path: path === "mmap" ? "auto" : "pread" });
+      if (bar.path !== path) throw new Error(`Cannot benchmark ${path}: the registers took ${bar.path}`);
+      if (bar.read32(0) !== 0x010000ed) throw new Error(`${EDU} is not an edu device`);
+      log(`mmio.${path} on ${EDU} BAR0`);
+      emit({
+        bench: `mmio.${path}.read32`,
+        unit: "ns",
+        samples: timeOps((n) => {
+          let s = 0;
+          for (let i = 0; i < n; i++) s += bar.read32(0x00);
+          sink.value = s;
+        }, o),
+      });
+      emit({
+        bench: `mmio.${path}.write32`,
+        unit: "ns",
+        samples: timeOps((n) => {
+          for (let i = 0; i < n; i++) bar.write32(0x04, i & 0xffff);
+        }, o),
+      });
+    });
+  }
+
+  await section("dma.map_unmap_4k", () => {
+    const page = sys.mmap(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    if (page < 0n) throw new Error(`Cannot mmap a page (${page})`);
+    const iova = 0x100000n, size = BigInt(PAGE);
+    try {
+      const ns = timeOps((n) => {
+        for (let i = 0; i < n; i++) {
+          backend.mapDma(page, iova, size);
+          backend.unmapDma(iova, size);
+        }
+      }, o);
+      emit({
+        bench: "dma.map_unmap_4k",
+        unit: "pairs/s",
+        samples: ns.map((x) => 1e9 / x),
+        note: backend.kind,
+      });
+    } finally {
+      sys.munmap(page, PAGE);
+    }
+  });
+
+  await section("irq.msi", async () => {
+    using bar = device.registers(0);
+    device.config.enableBusMaster();
+    using irq = device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX, 1);
+    const once = (): number => {
+      const t0 = performance.now();
+      bar.write32(0x60, 1);
+      const n = irq.wait(0, 1000);
+      const dt = performance.now() - t0;
+      if (n === 0) throw new Error("no MSI within 1 s");
+      bar.write32(0x64, 1);
+      return dt * 1000;
+    };
+    const onceAsync = async (): Promise<number> => {
+      const t0 = performance.now();
+      bar.write32(0x60, 1);
+      const n = await irq.next(0);
+      const dt = performance.now() - t0;
+      if (n === 0) throw new Error("the IRQ closed while waiting");
+      bar.write32(0x64, 1);
+      return dt * 1000;
+    };
+    for (const [name, fn] of [["wait", once], ["next", onceAsync]] as const) {
+      const end = performance.now() + o.warmupMs;
+      while (performance.now() < end) await fn();
+      const p50: number[] = [], p99: number[] = [];
+      for (let r = 0; r < o.reps; r++) {
+        const lat: number[] = [];
+        for (let i = 0; i < irqEvents; i++) lat.push(await fn());
+        p50.push(percentile(lat, 50));
+        p99.push(percentile(lat, 99));
+      }
+      emit({ bench: `irq.msi.${name}.p50`, baseline: "irq.msi.p50", unit: "us", samples: p50 });
+      emit({ bench: `irq.msi.${name}.p99`, baseline: "irq.msi.p99", unit: "us", samples: p99 });
+    }
+  });
+} else if (part === "nvme") {
+  const random = (() => {
+    let x = 0x2545f491;
+    return () => {
+      x ^= x << 13;
+      x ^= x >>> 17;
+      x ^= x << 5;
+      return (x >>> 0);
+    };
+  })();
+  // IOPS of `step` (one read per call) over `ms`, after a warm-up of half that.
+  const iops = (step: () => void, ms: number) => {
+    const out: number[] = [];
+    const warm = performance.now() + ms / 2;
+    while (performance.now() < warm) step();
+    for (let r = 0; r < o.reps; r++) {
+      let n = 0;
+      const t0 = performance.now(), end = t0 + ms;
+      let now = t0;
+      while (now < end) {
+        step();
+        n++;
+        now = performance.now();
+      }
+      out.push(n / ((now - t0) / 1000));
+    }
+    return out;
+  };
+
+  for (const mode of ["poll", "msix"] as const) {
+    await section(`nvme.randread4k.qd1${mode === "poll" ? "" : ".msix"}`, () => {
+      using vfio = openPciDevice(sys, NVME);
+      using nvme = NvmeController.init(vfio, { poll: mode === "poll" });
+      using buf = vfio.dma.alloc(PAGE);
+      const per = PAGE / nvme.namespace.blockSize;
+      const slots = Math.floor(nvme.namespace.blocks / per);
+      log(`nvme QD1 (${mode}) on ${NVME}: ${vfio.backend.kind}, ${slots} 4 KiB slots`);
+      const samples = iops(
+        () => nvme.read({ lba: (random() % slots) * per, blocks: per, buffer: buf }),
+        ioMs,
+      );
+      emit({
+        bench: `nvme.randread4k.qd1${mode === "poll" ? "" : ".msix"}`,
+        baseline: "nvme.randread4k.qd1",
+        unit: "IOPS",
+        samples,
+        note: `NvmeController.read, ${mode === "poll" ? "polled" : "MSI-X"}, ${vfio.backend.kind}`,
+      });
+    });
+  }
+
+  await section("nvme.randread4k.qd32", () => {
+    using vfio = openPciDevice(sys, NVME);
+    using nvme = NvmeController.init(vfio, { poll: true });
+    using q = new BenchQueue(vfio, nvme);
+    log(`nvme QD32 on ${NVME}: ${vfio.backend.kind}, queue ${q.qid}`);
+    for (const qd of [1, 32]) {
+      q.run(qd, ioMs / 2); // warm-up
+      const samples: number[] = [];
+      for (let r = 0; r < o.reps; r++) {
+        const { ios, elapsedMs } = q.run(qd, ioMs);
+        samples.push(ios / (elapsedMs / 1000));
+      }
+      emit({
+        bench: qd === 32 ? "nvme.randread4k.qd32" : "nvme.randread4k.qd1.queue",
+        baseline: `nvme.randread4k.qd${qd}`,
+        unit: "IOPS",
+        samples,
+        note: `bench/nvme_queue.ts, polled, ${vfio.backend.kind}`,
+      });
+    }
+  });
+} else {
+  throw new TypeError(`Cannot run part ${part}: expected edu or nvme`);
+}
