@@ -1,8 +1,8 @@
 /**
  * Timing helpers for the benchmarks, the same algorithm as bench/harness.h so that both sides of a
- * ratio are measured alike: a batch function runs its operation n times; n grows until a batch takes
- * about `targetMs`; batches run for `warmupMs`; then `reps` batches are timed, each reported as
- * nanoseconds per operation. Results are JSON lines on stdout, read by scripts/bench.mjs.
+ * ratio are measured alike: a batch function runs its operation n times; batches run for at least
+ * `warmupMs` (JIT tiers settle: milliseconds on the host, seconds under TCG) and grow until one
+ * takes about `targetMs`; then `reps` batches are timed, each reported as nanoseconds per operation. Results are JSON lines on stdout, read by scripts/bench.mjs.
  *
  * Runtime-agnostic: runs under Deno and Bun.
  *
@@ -14,7 +14,7 @@ import process from "node:process";
 export interface BenchOptions {
   /** Wall time of one timed batch, in ms. */
   targetMs: number;
-  /** Warm-up time before the timed batches (JIT tiers, caches), in ms. */
+  /** Minimum warm-up before the timed batches (JIT tiers, caches), in ms. */
   warmupMs: number;
   /** Timed batches. */
   reps: number;
@@ -66,20 +66,16 @@ export function argValue(name: string): string | undefined {
  * @returns Nanoseconds per operation, one value per timed batch.
  */
 export function timeOps(batch: (n: number) => void, o: BenchOptions): number[] {
-  const target = o.targetMs * 1e6;
-  let n = 1;
+  const target = o.targetMs * 1e6, end = performance.now() + o.warmupMs;
+  let n = 1, dt: number;
   for (;;) {
     const t0 = performance.now();
     batch(n);
-    const dt = (performance.now() - t0) * 1e6;
-    if (dt >= target / 8 || n >= 2 ** 40) {
-      n = Math.max(1, Math.floor((n * target) / Math.max(dt, 1)));
-      break;
-    }
-    n *= 2;
+    dt = (performance.now() - t0) * 1e6;
+    if (performance.now() >= end && dt >= target / 8) break;
+    if (dt < target / 8 && n < 2 ** 40) n *= 2;
   }
-  const end = performance.now() + o.warmupMs;
-  while (performance.now() < end) batch(Math.floor(n / 4) + 1);
+  n = Math.max(1, Math.floor((n * target) / Math.max(dt, 1)));
   const out: number[] = [];
   for (let r = 0; r < o.reps; r++) {
     const t0 = performance.now();

@@ -1,9 +1,9 @@
 // Timing helpers shared by the C baselines; bench/_harness.ts is the same algorithm in TypeScript,
 // so both sides of every ratio are measured alike.
 //
-// A benchmark is a batch function that runs its operation n times. The harness grows n until a
-// batch takes about `target_ms`, runs batches for `warmup_ms`, then times `reps` batches and
-// reports each as nanoseconds per operation. Results go to stdout as one JSON line per benchmark:
+// A benchmark is a batch function that runs its operation n times. The harness runs batches for at
+// least `warmup_ms` (JIT tiers settle on the JS side: seconds under TCG), sizes them so one takes
+// about `target_ms`, then times `reps` batches and reports each as nanoseconds per operation. Results go to stdout as one JSON line per benchmark:
 //   {"bench":"mmio.mmap.read32","side":"c","unit":"ns","samples":[...]}
 #ifndef VFIO_TS_BENCH_HARNESS_H
 #define VFIO_TS_BENCH_HARNESS_H
@@ -27,23 +27,21 @@ static inline double now_ns(void) {
 
 typedef void (*batch_fn)(uint64_t n, void *ctx);
 
-// Fills out[0..reps) with nanoseconds per operation, one value per timed batch.
+// Fills out[0..reps) with nanoseconds per operation, one value per timed batch. Batches grow (x2)
+// during the warm-up until one takes target_ms / 8; n is then scaled from the last warm batch so a
+// timed batch takes about target_ms.
 static void time_ops(batch_fn fn, void *ctx, struct bench_opts o, double *out) {
-  double target = o.target_ms * 1e6;
+  double target = o.target_ms * 1e6, end = now_ns() + o.warmup_ms * 1e6, dt;
   uint64_t n = 1;
   for (;;) {
     double t0 = now_ns();
     fn(n, ctx);
-    double dt = now_ns() - t0;
-    if (dt >= target / 8 || n >= (1ull << 40)) {
-      double scaled = (double)n * target / (dt > 1 ? dt : 1);
-      n = scaled < 1 ? 1 : (uint64_t)scaled;
-      break;
-    }
-    n *= 2;
+    dt = now_ns() - t0;
+    if (now_ns() >= end && dt >= target / 8) break;
+    if (dt < target / 8 && n < (1ull << 40)) n *= 2;
   }
-  double end = now_ns() + o.warmup_ms * 1e6;
-  while (now_ns() < end) fn(n / 4 + 1, ctx);
+  double scaled = (double)n * target / (dt > 1 ? dt : 1);
+  n = scaled < 1 ? 1 : (uint64_t)scaled;
   for (int r = 0; r < o.reps; r++) {
     double t0 = now_ns();
     fn(n, ctx);

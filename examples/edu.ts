@@ -112,34 +112,33 @@ export class Edu implements Disposable {
    * @throws {TypeError} If the device is not an edu.
    */
   static async open(bdf: string = DEFAULT_BDF, options: OpenOptions = {}): Promise<Edu> {
-    const vfio = await open(bdf, { limit: EDU_DMA_LIMIT, ...options });
-    try {
-      return new Edu(vfio);
-    } catch (e) {
-      vfio.close();
-      throw e;
-    }
+    return new Edu(await open(bdf, { limit: EDU_DMA_LIMIT, ...options }));
   }
 
   /**
    * Takes over an opened device: checks the ident, enables bus mastering and MSI.
    *
-   * @param vfio The opened device; the driver owns it from now on.
+   * @param vfio The opened device; the driver owns it from now on, and closes it if this fails.
    * @throws {TypeError} If the ident register is not edu's.
    */
   constructor(vfio: OpenedDevice) {
     this.#vfio = vfio;
-    this.bar0 = vfio.device.registers(0);
-    const ident = this.bar0.read32(EDU.IDENT);
-    if ((ident & 0xff) !== 0xed) {
-      throw new TypeError(
-        `Cannot drive ${vfio.device.name}: its ident register reads ${hex(ident)}, not edu's 0xRRrr00ed`,
-      );
+    try {
+      this.bar0 = vfio.device.registers(0);
+      const ident = this.bar0.read32(EDU.IDENT);
+      if ((ident & 0xff) !== 0xed) {
+        throw new TypeError(
+          `Cannot drive ${vfio.device.name}: its ident register reads ${hex(ident)}, not edu's 0xRRrr00ed`,
+        );
+      }
+      // Without bus mastering the device's DMA reads zeros and its MSI writes go nowhere.
+      vfio.device.config.enableBusMaster();
+      this.#quiesce();
+      this.irq = vfio.device.enableIrq(uapi.VFIO_PCI_MSI_IRQ_INDEX, 1);
+    } catch (e) {
+      vfio.close();
+      throw e;
     }
-    // Without bus mastering the device's DMA reads zeros and its MSI writes go nowhere.
-    vfio.device.config.enableBusMaster();
-    this.#quiesce();
-    this.irq = vfio.device.enableIrq(uapi.VFIO_PCI_MSI_IRQ_INDEX, 1);
   }
 
   /** The device's PCI address. */
@@ -352,13 +351,14 @@ export async function demo(edu: Edu, log: (line: string) => void = console.log):
     const count = 2048;
     using src = edu.dma.alloc(4096);
     using dst = edu.dma.alloc(4096);
-    for (let i = 0; i < count; i++) src.bytes[i] = (i * 31 + 7) & 0xff;
+    const sent = src.bytes, received = dst.bytes;
+    for (let i = 0; i < count; i++) sent[i] = (i * 31 + 7) & 0xff;
     await edu.dmaToDevice(src, 0, count);
     log(`DMA RAM -> device: ${count} bytes from iova ${hex(src.iova)} to device ${hex(EDU.DMA_BUFFER)}`);
     await edu.dmaFromDevice(0, dst, count);
     log(`DMA device -> RAM: ${count} bytes from device ${hex(EDU.DMA_BUFFER)} to iova ${hex(dst.iova)}`);
-    const bad = dst.bytes.subarray(0, count).findIndex((b, i) => b !== src.bytes[i]);
-    if (bad >= 0) throw new Error(`DMA data differs at byte ${bad}: ${dst.bytes[bad]} != ${src.bytes[bad]}`);
+    const bad = received.subarray(0, count).findIndex((b, i) => b !== sent[i]);
+    if (bad >= 0) throw new Error(`DMA data differs at byte ${bad}: ${received[bad]} != ${sent[bad]}`);
     log(`DMA verified: the ${count} bytes came back unchanged`);
     log(
       `interrupts: ${edu.interrupts} received and acknowledged; the event loop ticked ${ticks} times meanwhile`,

@@ -331,8 +331,9 @@ export class VfioContainer extends IommuBase {
   #requireIommu(action: string): void {
     if (this.#type === undefined) throw new TypeError(`Cannot ${action}: set the IOMMU type first`);
     if (!this.translates) {
+      // No ioctl failed: the container runs VFIO_NOIOMMU_IOMMU, which has no DMA ioctls to call.
       throw new VfioError({
-        op: "VFIO_IOMMU_MAP_DMA",
+        op: "VFIO_NOIOMMU_IOMMU",
         errno: 22,
         path: this.path,
         action,
@@ -361,7 +362,7 @@ export class VfioContainer extends IommuBase {
     let group = this.#ownGroups.get(number) ?? [...this.#groups].find((g) => g.group === number);
     let opened = false;
     if (!group) {
-      group = VfioGroup.open(this.sys, number);
+      group = VfioGroup.open(this.sys, number, bdf);
       opened = true;
     }
     try {

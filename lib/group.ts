@@ -103,14 +103,15 @@ export class VfioGroup implements Disposable {
    *
    * @param sys The syscall backend.
    * @param group The IOMMU group number.
+   * @param bdf The device the group is opened for, named in errors.
    * @returns The open group.
    * @throws {VfioError} If the group node is missing, busy or not permitted.
    */
-  static open(sys: Sys, group: number): VfioGroup {
+  static open(sys: Sys, group: number, bdf?: string): VfioGroup {
     if (!Number.isInteger(group) || group < 0) {
       throw new RangeError(`Cannot open VFIO group ${group}: group numbers are non-negative integers`);
     }
-    const node = groupNode(sys, group);
+    const node = groupNode(sys, group, bdf);
     const fd = openFd(sys, node.path, O_RDWR | O_CLOEXEC, groupHints(group));
     return new VfioGroup(sys, group, fd, node.noiommu);
   }
@@ -124,7 +125,7 @@ export class VfioGroup implements Disposable {
    * @throws {VfioError} If the device has no group or the group cannot be opened.
    */
   static forDevice(sys: Sys, bdf: string): VfioGroup {
-    return VfioGroup.open(sys, iommuGroupOf(sys, bdf));
+    return VfioGroup.open(sys, iommuGroupOf(sys, bdf), canonicalPciAddress(bdf));
   }
 
   /** The group fd. @throws {TypeError} If closed. */

@@ -121,10 +121,11 @@ export function pciAttr(sys: Sys, bdf: string, attr: string): string | undefined
  *
  * @param sys The syscall backend.
  * @param group The group number.
+ * @param bdf The device the group is wanted for, to name it in the error.
  * @returns The path and whether it is a no-IOMMU group.
  * @throws {VfioError} If neither node exists.
  */
-export function groupNode(sys: Sys, group: number): { path: string; noiommu: boolean } {
+export function groupNode(sys: Sys, group: number, bdf?: string): { path: string; noiommu: boolean } {
   const entries = sys.readDir("/dev/vfio");
   if (typeof entries === "number") {
     throw new VfioError({
@@ -144,7 +145,9 @@ export function groupNode(sys: Sys, group: number): { path: string; noiommu: boo
     errno: 2,
     path: `/dev/vfio/${group}`,
     action: `open VFIO group ${group}`,
-    hint: `no device of IOMMU group ${group} is bound to vfio-pci: bind one with \`vfio bind BDF\``,
+    hint: bdf === undefined
+      ? `no device of IOMMU group ${group} is bound to vfio-pci: bind one with \`vfio bind BDF\``
+      : `${bdf} is bound to ${driverOf(sys, bdf) ?? "no driver"}, not vfio-pci: run \`vfio bind ${bdf}\``,
   });
 }
 

@@ -91,7 +91,10 @@ for bdf in $BIND; do
   drv=$(readlink /sys/bus/pci/devices/$bdf/driver)
   [ "${drv##*/}" = vfio-pci ] || log "WARNING: $bdf is not bound to vfio-pci (driver: ${drv##*/})"
 done
-log "ready: $(ls /dev/vfio /dev/vfio/devices /dev/iommu 2>&1 | tr '\n' ' ')"
+nodes=$(ls /dev/vfio | tr '\n' ' ')
+[ -d /dev/vfio/devices ] && nodes="$nodes| devices: $(ls /dev/vfio/devices | tr '\n' ' ')"
+[ -e /dev/iommu ] && nodes="$nodes| /dev/iommu"
+log "ready: /dev/vfio: $nodes"
 
 # A clean environment: cmd.sh sets everything the command may rely on. stdin is /dev/null so a command
 # that reads it gets EOF instead of hanging on the console.

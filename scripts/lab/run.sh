@@ -26,6 +26,8 @@
 #   0000:00:04.0  QEMU edu 1234:11e8                                  -> vfio-pci
 #   0000:00:05.0  QEMU NVMe 1b36:0010, backed by $VFIO_TS_NVME_IMAGE   -> vfio-pci
 #   0000:00:06.0  QEMU edu 1234:11e8, multifunction                   -> vfio-pci
+#   0000:01:00.0  QEMU edu 1234:11e8, alone behind the PCIe root port 0000:00:07.0, so that a bus
+#                 (hot) reset is possible                             -> vfio-pci
 #   0000:00:06.1  virtio-rng 1af4:1005, left on virtio-pci. Conventional PCI functions without ACS
 #                 share an IOMMU group, so the group of 00:06.0 is not viable under intel-iommu.
 #
@@ -46,7 +48,7 @@ TIMEOUT=${VFIO_LAB_TIMEOUT:-900}
 NAME=${VFIO_LAB_NAME:-}
 MEM=${VFIO_LAB_MEM:-2048}
 KEEP=${VFIO_LAB_KEEP:-0}
-BIND="0000:00:04.0 0000:00:05.0 0000:00:06.0"
+BIND="0000:00:04.0 0000:00:05.0 0000:00:06.0 0000:01:00.0"
 NVME_SIZE=64M
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
@@ -174,6 +176,8 @@ qemu_args() {
     -device nvme,serial=vfiotslab0001,drive=nvm,addr=05.0
     -device edu,addr=06.0,multifunction=on
     -device virtio-rng-pci,addr=06.1
+    -device pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=1,addr=07.0
+    -device edu,bus=rp0,addr=00.0
     -kernel "$KIMG" -initrd "$INITRD" -append "$append"
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
     -virtfs "local,path=$repo,mount_tag=work,security_model=none,multidevs=remap"

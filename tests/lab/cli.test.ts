@@ -3,7 +3,15 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  mkdtempSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { basename } from "node:path";
 import process from "node:process";
 import { VfioGroup } from "../../lib/group.ts";
@@ -239,6 +247,32 @@ test("cli bind/unbind: 00:06.1 goes to vfio-pci and back to virtio-pci", SLOW, (
     assert.equal(listed.vfio.groupViable, false, "not viable again");
   }
 });
+
+test(
+  "cli bind: refused with a clear error when not root, before anything changes",
+  { ...SLOW, skip: existsSync("/usr/bin/setpriv") ? false : "needs setpriv (util-linux)" },
+  () => {
+    const home = mkdtempSync("/tmp/vfio-cli-nobody-");
+    chmodSync(home, 0o777);
+    try {
+      const argv = ["--reuid=65534", "--regid=65534", "--clear-groups", process.execPath];
+      const r = spawnSync("setpriv", [...argv, ...(IS_DENO ? ["run", "-A"] : []), CLI, "bind", BLOCKER], {
+        encoding: "utf8",
+        env: { ...process.env, HOME: home, DENO_DIR: home },
+        timeout: 100_000,
+      });
+      assert.equal(r.status, 1, `${r.stdout}\n${r.stderr}`);
+      assert.match(
+        r.stderr,
+        /^vfio bind: Cannot bind 0000:00:06\.1 to vfio-pci: sysfs driver bindings can only be changed by root; run it with sudo\n$/,
+      );
+      assert.equal(driverOf(BLOCKER), "virtio-pci");
+      assert.equal(existsSync(`/run/vfio-ts/${BLOCKER}.driver`), false);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  },
+);
 
 test("cli doctor: the 00:06.x group is not viable, with the fix; the backend is reported", SLOW, () => {
   const r = vfio("doctor", "--json");

@@ -110,8 +110,8 @@ test("device: a device not bound to vfio-pci cannot be opened, and the error say
     assert.throws(() => c.openDevice(EDU2), (e: unknown) => {
       assert.ok(e instanceof VfioError);
       assert.equal(e.code, "ENOENT");
-      assert.match(e.message, /bound to vfio-pci/);
-      assert.match(e.message, /vfio bind/);
+      assert.match(e.message, /vfio-pci/);
+      assert.match(e.message, /vfio bind 0000:00:06\.0/);
       return true;
     });
   } finally {

@@ -1,0 +1,410 @@
+#!/usr/bin/env node
+// The project's benchmark command (`npm run bench`), for a fresh machine with only Node, npm and apt.
+//
+// 1. installs what it needs when missing: the pinned runtimes (npm devDependencies deno and bun),
+//    gcc, and fio (apt-get install -y fio; the lab guest runs the host's binaries);
+// 2. builds the C baselines (bench/*.c) into bench/build/, which git ignores;
+// 3. host: runs bench/host_baseline (C), then bench/host.ts on Deno and on Bun, in interleaved rounds;
+// 4. lab: boots one QEMU guest (scripts/lab/run.sh, custom kernel, emulated VT-d) and runs
+//    bench/lab.sh inside it: the C baseline and both runtimes take turns on the edu device, then the
+//    NVMe controller is driven by examples/nvme.ts on each runtime and by the kernel's nvme driver
+//    under fio;
+// 5. writes bench/results.json and prints a table of ratios against the C (or kernel) baseline.
+//
+// Timing never fails the command: goals are reported, not enforced. It exits non-zero only when a
+// stage could not run (a build, a runtime crash, a lab boot).
+//
+// Usage: node scripts/bench.mjs [--no-host] [--no-lab] [--quick] [--rounds N]
+//   --quick: fewer and shorter repetitions, for checking that everything runs; --rounds: how many
+//   times the C, Deno and Bun processes take turns (default 2; noise on a shared machine evens out).
+import { spawn, spawnSync } from "node:child_process";
+import { cpus } from "node:os";
+import {
+  createWriteStream,
+  existsSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const build = join(root, "bench", "build");
+const bin = join(root, "node_modules", ".bin");
+const env = { ...process.env, PATH: `${bin}:${process.env.PATH}`, DENO_NO_UPDATE_CHECK: "1", NO_COLOR: "1" };
+const args = process.argv.slice(2);
+const flag = (f) => args.includes(f);
+const quick = flag("--quick");
+const roundsAt = args.indexOf("--rounds");
+const rounds = Math.max(1, Number(roundsAt >= 0 ? args[roundsAt + 1] : quick ? 1 : 2) || 1);
+const started = Date.now();
+const say = (s) => console.log(`bench: ${s}`);
+const failures = [];
+
+// --- Setup ---------------------------------------------------------------------------------------
+
+function run(cmd, argv, opts = {}) {
+  const r = spawnSync(cmd, argv, { cwd: root, env, stdio: "inherit", ...opts });
+  if (r.error) throw r.error;
+  return r;
+}
+
+function have(cmd) {
+  return spawnSync("sh", ["-c", `command -v ${cmd}`], { env, stdio: "ignore" }).status === 0;
+}
+
+function aptInstall(...pkgs) {
+  const root = process.getuid?.() === 0;
+  const apt = (argv) =>
+    run(root ? "apt-get" : "sudo", root ? argv : ["apt-get", ...argv], {
+      env: { ...env, DEBIAN_FRONTEND: "noninteractive" },
+    }).status === 0;
+  say(`installing ${pkgs.join(" ")} with apt-get`);
+  if (apt(["install", "-y", "-q", ...pkgs])) return;
+  if (apt(["update", "-q"]) && apt(["install", "-y", "-q", ...pkgs])) return;
+  throw new Error(`Cannot install ${pkgs.join(" ")} with apt-get`);
+}
+
+function ensureTools(lab) {
+  if (!existsSync(join(bin, "deno")) || !existsSync(join(bin, "bun"))) {
+    say("installing the pinned runtimes (npm devDependencies deno and bun)");
+    const lock = existsSync(join(root, "package-lock.json"));
+    if (run("npm", [lock ? "ci" : "install", "--no-audit", "--no-fund"]).status !== 0) {
+      throw new Error("Cannot install the npm devDependencies (npm ci failed)");
+    }
+  }
+  if (!have("gcc")) aptInstall("gcc", "libc6-dev");
+  if (lab && !have("fio")) aptInstall("fio");
+}
+
+function buildC() {
+  mkdirSync(build, { recursive: true });
+  const cc = (argv) => {
+    const r = run("gcc", ["-O2", "-Wall", "-Wextra", ...argv]);
+    if (r.status !== 0) throw new Error(`Cannot build the C baselines: gcc ${argv.join(" ")} failed`);
+  };
+  cc(["-fPIC", "-shared", "-o", join(build, "libbench_mmio.so"), "bench/mmio_accessor.c"]);
+  for (const name of ["host_baseline", "lab_baseline"]) {
+    cc(["-o", join(build, name), `bench/${name}.c`, `-L${build}`, "-lbench_mmio", "-Wl,-rpath,$ORIGIN"]);
+  }
+}
+
+// --- Running -------------------------------------------------------------------------------------
+
+// Runs one measuring process and returns its JSON lines; progress goes to the terminal.
+function measure(where, label, cmd, argv) {
+  say(`${where}: ${label}`);
+  const r = spawnSync(cmd, argv, { cwd: root, env, stdio: ["ignore", "pipe", "inherit"], encoding: "utf8" });
+  if (r.error || r.status !== 0) failures.push(`${where} ${label} exited with ${r.error ?? r.status}`);
+  return parseLines(r.stdout ?? "", where);
+}
+
+function parseLines(text, where) {
+  return text.split("\n").filter((l) => l.startsWith("{")).map((l) => ({ where, ...JSON.parse(l) }));
+}
+
+function hostBenches() {
+  const o = quick ? { reps: 3, target: 30, warm: 50 } : { reps: 7, target: 100, warm: 300 };
+  const js = ["--reps", o.reps, "--target-ms", o.target, "--warmup-ms", o.warm].map(String);
+  const lines = [];
+  for (let r = 1; r <= rounds; r++) {
+    lines.push(
+      ...measure(
+        "host",
+        `round ${r}/${rounds}: C`,
+        join(build, "host_baseline"),
+        [o.reps, o.target, 50].map(String),
+      ),
+      ...measure("host", `round ${r}/${rounds}: deno`, "deno", ["run", "-A", "bench/host.ts", ...js]),
+      ...measure("host", `round ${r}/${rounds}: bun`, "bun", ["bench/host.ts", ...js]),
+    );
+  }
+  return lines;
+}
+
+// Boots the lab once; the console goes to bench/build/lab-console.log, progress lines to the terminal.
+async function labBenches() {
+  const out = join(build, "lab");
+  rmSync(out, { recursive: true, force: true });
+  const o = quick
+    ? { BENCH_ROUNDS: 1, BENCH_REPS: 2, BENCH_TARGET_MS: 50, BENCH_WARMUP_MS: 1500, BENCH_IO_MS: 1000 }
+    : { BENCH_ROUNDS: rounds, BENCH_REPS: 5, BENCH_TARGET_MS: 100, BENCH_WARMUP_MS: 3000, BENCH_IO_MS: 2000 };
+  const vars = Object.entries({ ...o, BENCH_C_WARMUP_MS: 300, BENCH_IRQ_EVENTS: quick ? 200 : 500 })
+    .map(([k, v]) => `${k}=${v}`).join(" ");
+  const cmd = `${vars} bash bench/lab.sh bench/build/lab`;
+  const log = join(build, "lab-console.log");
+  say(`lab: booting the guest (console: ${log})`);
+  const status = await new Promise((resolve) => {
+    const child = spawn(
+      "bash",
+      [
+        "scripts/lab/run.sh",
+        "--kernel",
+        "custom",
+        "--iommu",
+        "intel",
+        "--name",
+        "bench",
+        "--timeout",
+        "2400",
+        "--",
+        cmd,
+      ],
+      { cwd: root, env, stdio: ["ignore", "pipe", "pipe"] },
+    );
+    const file = createWriteStream(log);
+    let pending = "";
+    const onData = (chunk) => {
+      file.write(chunk);
+      pending += chunk.toString();
+      const parts = pending.split(/\r?\n/);
+      pending = parts.pop() ?? "";
+      for (const l of parts) if (/^(bench-lab|bench\(|lab: )/.test(l)) console.log(`  ${l}`);
+    };
+    child.stdout.on("data", onData);
+    child.stderr.on("data", onData);
+    child.on("close", (code) => {
+      file.end();
+      resolve(code);
+    });
+  });
+  if (status !== 0) failures.push(`the lab run exited with status ${status} (console: ${log})`);
+  const results = join(out, "results.jsonl");
+  const lines = existsSync(results) ? parseLines(readFileSync(results, "utf8"), "lab") : [];
+  // fio: one report per run; IOPS of the read job.
+  const fio = new Map();
+  for (const f of existsSync(out) ? readdirSync(out).sort() : []) {
+    const m = /^fio-qd(\d+)-\d+\.json$/.exec(f);
+    if (!m) continue;
+    try {
+      const text = readFileSync(join(out, f), "utf8");
+      const report = JSON.parse(text.slice(text.indexOf("{")));
+      const iops = report.jobs[0].read.iops;
+      fio.set(m[1], [...(fio.get(m[1]) ?? []), iops]);
+    } catch (e) {
+      failures.push(`cannot read ${f}: ${e.message}`);
+    }
+  }
+  for (const [qd, samples] of fio) {
+    lines.push({
+      where: "lab",
+      bench: `nvme.randread4k.qd${qd}`,
+      side: "kernel",
+      unit: "IOPS",
+      samples,
+      note: "kernel nvme driver, fio io_uring direct=1",
+    });
+  }
+  const machine = existsSync(join(out, "machine")) ? readFileSync(join(out, "machine"), "utf8").trim() : "";
+  return { lines, machine };
+}
+
+// --- Results -------------------------------------------------------------------------------------
+
+const GOALS = [
+  // [id pattern, goal, what the baseline is]
+  [/^ioctl\./, { op: "<=", x: 1.2 }, "C ioctl(2)"],
+  [/^mmio\.mmap\.(read|write)32$/, { op: "<=", x: 3 }, "C call into a non-inlined volatile accessor (.so)"],
+  [/^mmio\.pread\.(read|write)32$/, { op: "<=", x: 3 }, "C pread/pwrite of 4 bytes"],
+  [/^dma\.map_unmap_4k$/, { op: ">=", x: 1 / 1.2 }, "C VFIO_IOMMU_MAP_DMA + UNMAP_DMA"],
+  [/^irq\.msi\.(wait|next)\.p(50|99)$/, { op: "<=", x: 2 }, "C poll() loop"],
+  [/^nvme\.randread4k\.qd(1|32)$/, { op: ">=", x: 1 }, "kernel nvme driver, fio io_uring"],
+];
+const DESCRIPTIONS = {
+  "ioctl.enotty": "ioctl round trip, /dev/null ENOTTY (sys.ioctlPtr)",
+  "ioctl.group_status": "ioctl round trip, VFIO_GROUP_GET_STATUS (sys.ioctlPtr)",
+  "mmio.mmap.read32": "MMIO read32, Registers fast path (mmap)",
+  "mmio.mmap.read32.raw": "  read32, RawMmio accessor alone",
+  "mmio.mmap.write32": "MMIO write32, Registers fast path (mmap)",
+  "mmio.mmap.write32.raw": "  write32, RawMmio accessor alone",
+  "mmio.pread.read32": "MMIO read32, Registers fallback (pread)",
+  "mmio.pread.read32.raw": "  read32, region.kernelIo alone",
+  "mmio.pread.write32": "MMIO write32, Registers fallback (pwrite)",
+  "mmio.pread.write32.raw": "  write32, region.kernelIo alone",
+  "dma.map_unmap_4k": "DMA mapDma + unmapDma, 4 KiB",
+  "dma.map_unmap_4k.cached_info": "  same, IOMMU info read once (proposed fix)",
+  "irq.msi.wait.p50": "edu MSI -> eventfd -> irq.wait(), p50",
+  "irq.msi.wait.p99": "edu MSI -> eventfd -> irq.wait(), p99",
+  "irq.msi.next.p50": "edu MSI -> eventfd -> await irq.next(), p50",
+  "irq.msi.next.p99": "edu MSI -> eventfd -> await irq.next(), p99",
+  "nvme.randread4k.qd1": "NVMe 4 KiB randread QD1 (NvmeController.read, MSI-X)",
+  "nvme.randread4k.qd1.poll": "  QD1, NvmeController.read polled",
+  "nvme.randread4k.qd1.queue": "  QD1 on bench/nvme_queue.ts, polled",
+  "nvme.randread4k.qd32": "NVMe 4 KiB randread QD32 (bench/nvme_queue.ts, polled)",
+};
+const RATE_UNITS = new Set(["pairs/s", "IOPS"]);
+
+const median = (v) => {
+  const s = [...v].sort((a, b) => a - b), m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+const round = (x) => (x === undefined || !Number.isFinite(x) ? x : Number(x.toPrecision(4)));
+
+function cpuModel() {
+  try {
+    const m = /^model name\s*:\s*(.+)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"));
+    return `${m?.[1]?.trim() ?? "unknown CPU"}, ${cpus().length} cores`;
+  } catch {
+    return "unknown CPU";
+  }
+}
+
+// Merges the rounds: one entry per (where, bench, side) with every sample.
+function merge(lines) {
+  const map = new Map();
+  for (const l of lines) {
+    const key = `${l.where}|${l.bench}|${l.side}`;
+    const e = map.get(key);
+    if (l.error) {
+      if (!e) map.set(key, { ...l, samples: [] });
+      else e.error = l.error;
+      continue;
+    }
+    if (!e) map.set(key, { ...l, samples: [...l.samples] });
+    else e.samples.push(...l.samples);
+  }
+  return map;
+}
+
+function rows(lines, machines) {
+  const all = merge(lines);
+  const out = [];
+  for (const e of all.values()) {
+    if (e.side !== "deno" && e.side !== "bun") continue;
+    const baseId = e.baseline ?? e.bench.replace(/\.(raw|cached_info)$/, "");
+    const base = all.get(`${e.where}|${baseId}|c`) ?? all.get(`${e.where}|${baseId}|kernel`);
+    const rate = RATE_UNITS.has(e.unit);
+    const best = (v) => (v.length ? (rate ? Math.max(...v) : Math.min(...v)) : undefined);
+    const value = e.samples.length ? median(e.samples) : undefined;
+    const baseValue = base?.samples.length ? median(base.samples) : undefined;
+    const goalEntry = GOALS.find(([re]) => re.test(e.bench));
+    const ratio = value !== undefined && baseValue ? value / baseValue : undefined;
+    const ratioBest = e.samples.length && base?.samples.length
+      ? best(e.samples) / best(base.samples)
+      : undefined;
+    const goal = goalEntry?.[1];
+    out.push({
+      benchmark: e.bench,
+      runtime: e.side,
+      value: round(value),
+      unit: e.unit ?? base?.unit,
+      baseline_value: round(baseValue),
+      ratio: round(ratio),
+      where: e.where,
+      machine: machines[e.where],
+      description: DESCRIPTIONS[e.bench] ?? e.bench,
+      baseline: `${base?.side === "kernel" ? "kernel" : "C"} ${baseId}` +
+        (goalEntry ? `: ${goalEntry[2]}` : ""),
+      best: round(best(e.samples)),
+      baseline_best: round(base ? best(base.samples) : undefined),
+      ratio_best: round(ratioBest),
+      goal: goal ? `ratio ${goal.op === "<=" ? "≤" : "≥"} ${round(goal.x)}` : "diagnostic",
+      met: goal && ratio !== undefined ? (goal.op === "<=" ? ratio <= goal.x : ratio >= goal.x) : undefined,
+      samples: e.samples.map(round),
+      baseline_samples: base?.samples.map(round) ?? [],
+      ...(e.note ? { note: e.note } : {}),
+      ...(e.error ? { error: e.error } : {}),
+      ...(!base ? { error: e.error ?? `no ${baseId} baseline was measured` } : {}),
+    });
+  }
+  const order = Object.keys(DESCRIPTIONS);
+  const pos = (r) =>
+    (r.where === "host" ? 0 : 1000) + (order.indexOf(r.benchmark) + 1 || 999) * 2 +
+    (r.runtime === "bun" ? 1 : 0);
+  return out.sort((a, b) => pos(a) - pos(b));
+}
+
+function fmt(x) {
+  if (x === undefined || x === null || !Number.isFinite(x)) return "-";
+  if (x >= 100000) return x.toExponential(2);
+  if (x >= 100) return x.toFixed(0);
+  if (x >= 10) return x.toFixed(1);
+  return x.toFixed(2);
+}
+
+function table(results, machines) {
+  const head = [
+    "where",
+    "benchmark",
+    "rt",
+    "unit",
+    "min/max",
+    "median",
+    "base min/max",
+    "base median",
+    "ratio",
+    "best",
+    "goal",
+    "",
+  ];
+  const body = results.map((r) => [
+    r.where,
+    r.description,
+    r.runtime,
+    r.unit ?? "",
+    fmt(r.best),
+    fmt(r.value),
+    fmt(r.baseline_best),
+    fmt(r.baseline_value),
+    r.ratio === undefined ? "-" : `${fmt(r.ratio)}x`,
+    r.ratio_best === undefined ? "-" : `${fmt(r.ratio_best)}x`,
+    r.goal === "diagnostic" ? "" : r.goal.replace("ratio ", ""),
+    r.error ? "ERROR" : r.met === undefined ? "" : r.met ? "ok" : "MISSED",
+  ]);
+  const widths = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
+  const line = (cells) =>
+    cells.map((c, i) => (i >= 4 && i <= 9 ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join("  ");
+  console.log("");
+  for (const [w, m] of Object.entries(machines)) if (m) console.log(`${w}: ${m}`);
+  console.log("min/max: best repetition (min for times, max for rates); ratio: median / baseline median;");
+  console.log(
+    "best: best / baseline best. Rates (pairs/s, IOPS): higher is better, so their goals are >=.\n",
+  );
+  console.log(line(head).trimEnd());
+  console.log(widths.map((w) => "-".repeat(w)).join("  "));
+  for (const b of body) console.log(line(b).trimEnd());
+  const errors = results.filter((r) => r.error);
+  if (errors.length) {
+    console.log("\nErrors:");
+    for (const r of errors) console.log(`  ${r.where} ${r.benchmark} (${r.runtime}): ${r.error}`);
+  }
+}
+
+// --- Main ----------------------------------------------------------------------------------------
+
+async function main() {
+  const wantHost = !flag("--no-host"), wantLab = !flag("--no-lab");
+  ensureTools(wantLab);
+  buildC();
+  const lines = [];
+  const machines = { host: cpuModel() };
+  if (wantHost) lines.push(...hostBenches());
+  if (wantLab) {
+    const lab = await labBenches();
+    lines.push(...lab.lines);
+    machines.lab = `${lab.machine || "QEMU TCG guest (-cpu max, 1 vCPU)"} on ${machines.host}`;
+  }
+  const results = rows(lines, machines);
+  const file = join(root, "bench", "results.json");
+  writeFileSync(file, JSON.stringify(results, null, 2) + "\n");
+  // deno fmt --check runs over the repo in `npm test`: keep the file in its format.
+  spawnSync("deno", ["fmt", "-q", file], { cwd: root, env, stdio: "ignore" });
+  table(results, machines);
+  const secs = Math.round((Date.now() - started) / 1000);
+  console.log(
+    `\nbench: wrote ${results.length} rows to bench/results.json in ${Math.floor(secs / 60)}m${secs % 60}s`,
+  );
+  if (failures.length) {
+    console.log("bench: some stages did not complete:");
+    for (const f of failures) console.log(`  ${f}`);
+    process.exit(1);
+  }
+}
+
+main().catch((e) => {
+  console.error(`bench: ${e.message}`);
+  process.exit(1);
+});
