@@ -8,7 +8,7 @@
  * @module
  */
 import type { RawMmio, Sys } from "../lib/sys.ts";
-import { ACCESSOR_SYMBOLS, accessorElf } from "./accessor_elf.ts";
+import { type ACCESSOR_SYMBOLS, accessorElf } from "./accessor_elf.ts";
 import { nodeFs } from "./fs.ts";
 
 const libc = Deno.dlopen("libc.so.6", {
@@ -65,16 +65,19 @@ function loadAccessors(): Accessors | null {
   if (fd < 0) return null;
   try {
     if (Number(sym.write(fd, elf, BigInt(elf.length))) !== elf.length) return null;
-    accessors = Deno.dlopen(`/proc/self/fd/${fd}`, {
-      vfio_ts_rd8: { parameters: ["pointer", "u32"], result: "u8" },
-      vfio_ts_rd16: { parameters: ["pointer", "u32"], result: "u16" },
-      vfio_ts_rd32: { parameters: ["pointer", "u32"], result: "u32" },
-      vfio_ts_rd64: { parameters: ["pointer", "u32"], result: "u64" },
-      vfio_ts_wr8: { parameters: ["pointer", "u32", "u8"], result: "void" },
-      vfio_ts_wr16: { parameters: ["pointer", "u32", "u16"], result: "void" },
-      vfio_ts_wr32: { parameters: ["pointer", "u32", "u32"], result: "void" },
-      vfio_ts_wr64: { parameters: ["pointer", "u32", "u32", "u32"], result: "void" },
-    } satisfies Record<(typeof ACCESSOR_SYMBOLS)[number], Deno.ForeignFunction>);
+    accessors = Deno.dlopen(
+      `/proc/self/fd/${fd}`,
+      {
+        vfio_ts_rd8: { parameters: ["pointer", "u32"], result: "u8" },
+        vfio_ts_rd16: { parameters: ["pointer", "u32"], result: "u16" },
+        vfio_ts_rd32: { parameters: ["pointer", "u32"], result: "u32" },
+        vfio_ts_rd64: { parameters: ["pointer", "u32"], result: "u64" },
+        vfio_ts_wr8: { parameters: ["pointer", "u32", "u8"], result: "void" },
+        vfio_ts_wr16: { parameters: ["pointer", "u32", "u16"], result: "void" },
+        vfio_ts_wr32: { parameters: ["pointer", "u32", "u32"], result: "void" },
+        vfio_ts_wr64: { parameters: ["pointer", "u32", "u32", "u32"], result: "void" },
+      } satisfies Record<(typeof ACCESSOR_SYMBOLS)[number], Deno.ForeignFunction>,
+    );
   } catch {
     accessors = null;
   } finally {

@@ -5,7 +5,7 @@
  */
 import { capabilityChain } from "./caps.ts";
 import { VfioError } from "./errors.ts";
-import { type OwnedFd, openFd } from "./fd.ts";
+import { openFd, type OwnedFd } from "./fd.ts";
 import type { VfioDevice } from "./device.ts";
 import { VfioGroup } from "./group.ts";
 import { type DmaAccess, IommuBase, type IommuOps, type IovaRange } from "./iommu.ts";
@@ -24,20 +24,20 @@ import {
   VFIO_IOMMU_INFO_CAPS,
   VFIO_IOMMU_INFO_PGSIZES,
   VFIO_IOMMU_MAP_DMA,
+  vfio_iommu_type1_dma_map,
+  vfio_iommu_type1_dma_unmap,
+  vfio_iommu_type1_info,
   VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
+  vfio_iommu_type1_info_cap_iova_range,
   VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL,
+  vfio_iommu_type1_info_dma_avail,
   VFIO_IOMMU_UNMAP_DMA,
+  vfio_iova_range,
   VFIO_NOIOMMU_IOMMU,
   VFIO_SET_IOMMU,
   VFIO_TYPE1_IOMMU,
   VFIO_TYPE1v2_IOMMU,
   VFIO_UNMAP_ALL,
-  vfio_iommu_type1_dma_map,
-  vfio_iommu_type1_dma_unmap,
-  vfio_iommu_type1_info,
-  vfio_iommu_type1_info_cap_iova_range,
-  vfio_iommu_type1_info_dma_avail,
-  vfio_iova_range,
 } from "./uapi/vfio.ts";
 
 /** The container node. */
@@ -224,7 +224,7 @@ export class VfioContainer extends IommuBase {
       if (code === "EPERM" && chosen !== VFIO_NOIOMMU_IOMMU) {
         return "the IOMMU has no interrupt remapping, which VFIO requires to isolate MSIs; enable it " +
           "(intel_iommu=on with intremap, or amd_iommu=on) or, if you accept the risk, load " +
-          "vfio_iommu_type1 with allow_unsafe_interrupts=1 (dmesg says \"No interrupt remapping support\")";
+          'vfio_iommu_type1 with allow_unsafe_interrupts=1 (dmesg says "No interrupt remapping support")';
       }
       if (code === "EINVAL" || code === "ENODEV") {
         return `the kernel has no IOMMU type ${chosen}: see VFIO_CHECK_EXTENSION, or modprobe vfio_iommu_type1`;
@@ -315,7 +315,12 @@ export class VfioContainer extends IommuBase {
   #unmap(iova: bigint, size: bigint): void {
     const u = vfio_iommu_type1_dma_unmap.alloc();
     u.set("iova", iova).set("size", size);
-    this.#fd.ioctl(VFIO_IOMMU_UNMAP_DMA, u.bytes, "VFIO_IOMMU_UNMAP_DMA", `unmap DMA at iova 0x${iova.toString(16)}`);
+    this.#fd.ioctl(
+      VFIO_IOMMU_UNMAP_DMA,
+      u.bytes,
+      "VFIO_IOMMU_UNMAP_DMA",
+      `unmap DMA at iova 0x${iova.toString(16)}`,
+    );
   }
 
   #unmapAll(): void {

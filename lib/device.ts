@@ -5,26 +5,26 @@
  */
 import { runAll, VfioError } from "./errors.ts";
 import type { OwnedFd } from "./fd.ts";
-import { readIrqInfo, type IrqInfo, VfioIrq } from "./irq.ts";
+import { type IrqInfo, readIrqInfo, VfioIrq } from "./irq.ts";
 import type { Registers } from "./mmio.ts";
 import { PciConfig } from "./pci.ts";
 import { readRegionInfo, type RegionInfo, VfioRegion } from "./region.ts";
 import type { Sys } from "./sys.ts";
 import {
   VFIO_DEVICE_FEATURE,
+  vfio_device_feature,
   VFIO_DEVICE_FEATURE_PROBE,
   VFIO_DEVICE_FLAGS_PCI,
   VFIO_DEVICE_FLAGS_RESET,
   VFIO_DEVICE_GET_INFO,
   VFIO_DEVICE_GET_PCI_HOT_RESET_INFO,
+  vfio_device_info,
   VFIO_DEVICE_PCI_HOT_RESET,
   VFIO_DEVICE_RESET,
   VFIO_PCI_CONFIG_REGION_INDEX,
-  VFIO_PCI_HOT_RESET_FLAG_DEV_ID,
-  vfio_device_feature,
-  vfio_device_info,
   vfio_pci_dependent_device,
   vfio_pci_hot_reset,
+  VFIO_PCI_HOT_RESET_FLAG_DEV_ID,
   vfio_pci_hot_reset_info,
 } from "./uapi/vfio.ts";
 
@@ -243,7 +243,12 @@ export class VfioDevice implements Disposable {
     let s = vfio_pci_hot_reset_info.alloc();
     const query = () => {
       try {
-        this.#fd.ioctl(VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, s.bytes, "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO", `get hot reset info of ${this.name}`);
+        this.#fd.ioctl(
+          VFIO_DEVICE_GET_PCI_HOT_RESET_INFO,
+          s.bytes,
+          "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO",
+          `get hot reset info of ${this.name}`,
+        );
         return true;
       } catch (e) {
         if (e instanceof VfioError && e.code === "ENOSPC") return false;
@@ -259,7 +264,10 @@ export class VfioDevice implements Disposable {
     const devid = (s.get("flags") & VFIO_PCI_HOT_RESET_FLAG_DEV_ID) !== 0;
     const h = (n: number, w: number) => n.toString(16).padStart(w, "0");
     return Array.from({ length: s.get("count") }, (_, i) => {
-      const d = vfio_pci_dependent_device.at(s.bytes, vfio_pci_hot_reset_info.size + i * vfio_pci_dependent_device.size);
+      const d = vfio_pci_dependent_device.at(
+        s.bytes,
+        vfio_pci_hot_reset_info.size + i * vfio_pci_dependent_device.size,
+      );
       const devfn = d.get("devfn");
       return {
         bdf: `${h(d.get("segment"), 4)}:${h(d.get("bus"), 2)}:${h(devfn >> 3, 2)}.${devfn & 7}`,
@@ -281,10 +289,16 @@ export class VfioDevice implements Disposable {
     const s = vfio_pci_hot_reset.alloc(4 * groupFds.length);
     s.set("count", groupFds.length);
     groupFds.forEach((fd, i) => s.view.setInt32(vfio_pci_hot_reset.size + 4 * i, fd, true));
-    this.#fd.ioctl(VFIO_DEVICE_PCI_HOT_RESET, s.bytes, "VFIO_DEVICE_PCI_HOT_RESET", `hot reset ${this.name}`, (code) =>
-      code === "EPERM" || code === "EINVAL"
-        ? "every device the reset affects must be owned by this process: see hotResetInfo()"
-        : undefined);
+    this.#fd.ioctl(
+      VFIO_DEVICE_PCI_HOT_RESET,
+      s.bytes,
+      "VFIO_DEVICE_PCI_HOT_RESET",
+      `hot reset ${this.name}`,
+      (code) =>
+        code === "EPERM" || code === "EINVAL"
+          ? "every device the reset affects must be owned by this process: see hotResetInfo()"
+          : undefined,
+    );
   }
 
   /**
@@ -299,7 +313,12 @@ export class VfioDevice implements Disposable {
     const s = vfio_device_feature.alloc();
     s.set("flags", feature | flags | VFIO_DEVICE_FEATURE_PROBE);
     try {
-      this.#fd.ioctl(VFIO_DEVICE_FEATURE, s.bytes, "VFIO_DEVICE_FEATURE", `probe feature ${feature} of ${this.name}`);
+      this.#fd.ioctl(
+        VFIO_DEVICE_FEATURE,
+        s.bytes,
+        "VFIO_DEVICE_FEATURE",
+        `probe feature ${feature} of ${this.name}`,
+      );
       return true;
     } catch (e) {
       if (e instanceof VfioError && ["ENOTTY", "EINVAL", "EOPNOTSUPP"].includes(e.code)) return false;

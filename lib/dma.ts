@@ -7,7 +7,15 @@
 import { check } from "./errors.ts";
 import type { DmaAccess, IommuBackend } from "./iommu.ts";
 import { alignUp, IovaAllocator } from "./iova_allocator.ts";
-import { MAP_ANONYMOUS, MAP_HUGE_SHIFT, MAP_HUGETLB, MAP_POPULATE, MAP_PRIVATE, PROT_READ, PROT_WRITE } from "./uapi/libc.ts";
+import {
+  MAP_ANONYMOUS,
+  MAP_HUGE_SHIFT,
+  MAP_HUGETLB,
+  MAP_POPULATE,
+  MAP_PRIVATE,
+  PROT_READ,
+  PROT_WRITE,
+} from "./uapi/libc.ts";
 import type { Sys } from "./sys.ts";
 
 /** Options for {@link DmaPool.alloc}. */
@@ -48,7 +56,9 @@ export class DmaBuffer implements Disposable {
   }
 
   #live(): ArrayBuffer {
-    if (!this.#free) throw new TypeError(`Cannot use the DMA buffer at iova 0x${this.iova.toString(16)}: it was freed`);
+    if (!this.#free) {
+      throw new TypeError(`Cannot use the DMA buffer at iova 0x${this.iova.toString(16)}: it was freed`);
+    }
     return this.#buffer;
   }
 

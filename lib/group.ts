@@ -4,7 +4,7 @@
  * @module
  */
 import { VfioError } from "./errors.ts";
-import { OwnedFd, openFd } from "./fd.ts";
+import { openFd, OwnedFd } from "./fd.ts";
 import { canonicalPciAddress } from "./pci_address.ts";
 import type { Sys } from "./sys.ts";
 import { driverOf, groupDevices, groupNode, iommuGroupOf } from "./sysfs.ts";
@@ -15,8 +15,8 @@ import {
   VFIO_GROUP_GET_DEVICE_FD,
   VFIO_GROUP_GET_STATUS,
   VFIO_GROUP_SET_CONTAINER,
-  VFIO_GROUP_UNSET_CONTAINER,
   vfio_group_status,
+  VFIO_GROUP_UNSET_CONTAINER,
 } from "./uapi/vfio.ts";
 import { VfioDevice } from "./device.ts";
 import type { VfioContainer } from "./container.ts";
@@ -216,8 +216,13 @@ export class VfioGroup implements Disposable {
   unsetContainer(): void {
     const c = this.#container;
     if (!c) return;
-    this.#fd.ioctl(VFIO_GROUP_UNSET_CONTAINER, 0, "VFIO_GROUP_UNSET_CONTAINER", "detach the group", (code) =>
-      code === "EBUSY" ? "close the group's devices first" : undefined);
+    this.#fd.ioctl(
+      VFIO_GROUP_UNSET_CONTAINER,
+      0,
+      "VFIO_GROUP_UNSET_CONTAINER",
+      "detach the group",
+      (code) => code === "EBUSY" ? "close the group's devices first" : undefined,
+    );
     this.#container = undefined;
     c.groupDetached(this);
   }
@@ -254,7 +259,12 @@ export class VfioGroup implements Disposable {
       const groups = this.#container ? [...this.#container.groups] : [this as VfioGroup];
       return groups.filter((g) => !g.closed).map((g) => g.fd);
     };
-    const device = new VfioDevice(this.sys, new OwnedFd(this.sys, fd, `${this.path} (${name})`), name, resetFds);
+    const device = new VfioDevice(
+      this.sys,
+      new OwnedFd(this.sys, fd, `${this.path} (${name})`),
+      name,
+      resetFds,
+    );
     this.#devices.add(device);
     device.onClose(() => {
       this.#devices.delete(device);

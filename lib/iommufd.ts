@@ -5,7 +5,7 @@
  * @module
  */
 import { check, VfioError } from "./errors.ts";
-import { type OwnedFd, openFd, OwnedFd as Fd } from "./fd.ts";
+import { openFd, type OwnedFd, OwnedFd as Fd } from "./fd.ts";
 import { VfioDevice } from "./device.ts";
 import { type DmaAccess, IommuBase, type IommuOps, type IovaRange } from "./iommu.ts";
 import { memlockHint } from "./limits.ts";
@@ -13,27 +13,27 @@ import type { Sys } from "./sys.ts";
 import { deviceCdev, driverOf, requirePciDevice } from "./sysfs.ts";
 import {
   IOMMU_DESTROY,
+  iommu_destroy,
   IOMMU_IOAS_ALLOC,
+  iommu_ioas_alloc,
   IOMMU_IOAS_ALLOW_IOVAS,
+  iommu_ioas_allow_iovas,
   IOMMU_IOAS_IOVA_RANGES,
+  iommu_ioas_iova_ranges,
   IOMMU_IOAS_MAP,
+  iommu_ioas_map,
   IOMMU_IOAS_MAP_FIXED_IOVA,
   IOMMU_IOAS_MAP_READABLE,
   IOMMU_IOAS_MAP_WRITEABLE,
   IOMMU_IOAS_UNMAP,
-  iommu_destroy,
-  iommu_ioas_alloc,
-  iommu_ioas_allow_iovas,
-  iommu_ioas_iova_ranges,
-  iommu_ioas_map,
   iommu_ioas_unmap,
   iommu_iova_range,
 } from "./uapi/iommufd.ts";
 import { ERRNO, MAP_ANONYMOUS, MAP_PRIVATE, O_CLOEXEC, O_RDWR, PROT_READ, PROT_WRITE } from "./uapi/libc.ts";
 import {
   VFIO_DEVICE_ATTACH_IOMMUFD_PT,
-  VFIO_DEVICE_BIND_IOMMUFD,
   vfio_device_attach_iommufd_pt,
+  VFIO_DEVICE_BIND_IOMMUFD,
   vfio_device_bind_iommufd,
 } from "./uapi/vfio.ts";
 
@@ -96,12 +96,17 @@ export class IommufdIoas extends IommuBase {
   static open(sys: Sys, options: IommufdOptions = {}): IommufdIoas {
     const fd = options.iommufd !== undefined
       ? new Fd(sys, options.iommufd, `${IOMMUFD_PATH} (fd ${options.iommufd})`)
-      : openFd(sys, IOMMUFD_PATH, O_RDWR | O_CLOEXEC, (code) =>
-        code === "ENOENT" || code === "ENODEV"
-          ? "the kernel has no iommufd (CONFIG_IOMMUFD, Linux 6.2+): use the legacy backend"
-          : code === "EACCES"
-          ? "run as root, or give your user access to /dev/iommu"
-          : undefined);
+      : openFd(
+        sys,
+        IOMMUFD_PATH,
+        O_RDWR | O_CLOEXEC,
+        (code) =>
+          code === "ENOENT" || code === "ENODEV"
+            ? "the kernel has no iommufd (CONFIG_IOMMUFD, Linux 6.2+): use the legacy backend"
+            : code === "EACCES"
+            ? "run as root, or give your user access to /dev/iommu"
+            : undefined,
+      );
     try {
       const a = iommu_ioas_alloc.alloc();
       fd.ioctl(IOMMU_IOAS_ALLOC, a.bytes, "IOMMU_IOAS_ALLOC", "allocate an IOAS");
@@ -133,17 +138,24 @@ export class IommufdIoas extends IommuBase {
 
   #map(vaddr: bigint, iova: bigint, size: bigint, access: DmaAccess): void {
     const m = iommu_ioas_map.alloc();
-    m.set("flags",
+    m.set(
+      "flags",
       IOMMU_IOAS_MAP_FIXED_IOVA | (access.read ? IOMMU_IOAS_MAP_READABLE : 0) |
-        (access.write ? IOMMU_IOAS_MAP_WRITEABLE : 0));
+        (access.write ? IOMMU_IOAS_MAP_WRITEABLE : 0),
+    );
     m.set("ioas_id", this.#ioasId).set("user_va", vaddr).set("length", size).set("iova", iova);
-    this.#fd.ioctl(IOMMU_IOAS_MAP, m.bytes, "IOMMU_IOAS_MAP", `map DMA at iova 0x${iova.toString(16)} (size 0x${size.toString(16)})`,
+    this.#fd.ioctl(
+      IOMMU_IOAS_MAP,
+      m.bytes,
+      "IOMMU_IOAS_MAP",
+      `map DMA at iova 0x${iova.toString(16)} (size 0x${size.toString(16)})`,
       (code) => {
         if (code === "ENOMEM" || code === "EAGAIN") return memlockHint(this.sys, size);
         if (code === "EEXIST") return "the IOVA range overlaps an existing mapping";
         if (code === "EFAULT") return "the virtual address range is not mapped in this process";
         return undefined;
-      });
+      },
+    );
   }
 
   #unmap(iova: bigint, size: bigint): void {
@@ -156,8 +168,13 @@ export class IommufdIoas extends IommuBase {
     // iova 0 with length U64_MAX unmaps everything (iommufd.h).
     const u = iommu_ioas_unmap.alloc();
     u.set("ioas_id", this.#ioasId).set("iova", 0n).set("length", 0xffffffffffffffffn);
-    this.#fd.ioctl(IOMMU_IOAS_UNMAP, u.bytes, "IOMMU_IOAS_UNMAP", "unmap all DMA", (code) =>
-      code === "ENOENT" ? undefined : undefined);
+    this.#fd.ioctl(
+      IOMMU_IOAS_UNMAP,
+      u.bytes,
+      "IOMMU_IOAS_UNMAP",
+      "unmap all DMA",
+      (code) => code === "ENOENT" ? undefined : undefined,
+    );
   }
 
   #iovaRanges(): IovaRange[] {
@@ -192,7 +209,9 @@ export class IommufdIoas extends IommuBase {
     const a = iommu_ioas_allow_iovas.alloc();
     a.set("ioas_id", this.#ioasId).set("num_iovas", ranges.length);
     withScratch(this.sys, Math.max(1, ranges.length) * iommu_iova_range.size, (address, bytes) => {
-      ranges.forEach((r, i) => iommu_iova_range.at(bytes, i * iommu_iova_range.size).set("start", r.start).set("last", r.last));
+      ranges.forEach((r, i) =>
+        iommu_iova_range.at(bytes, i * iommu_iova_range.size).set("start", r.start).set("last", r.last)
+      );
       a.set("allowed_iovas", address);
       this.#fd.ioctl(IOMMU_IOAS_ALLOW_IOVAS, a.bytes, "IOMMU_IOAS_ALLOW_IOVAS", "restrict the allowed IOVAs");
     });
@@ -213,10 +232,17 @@ export class IommufdIoas extends IommuBase {
           : "the kernel makes no device cdevs (CONFIG_VFIO_DEVICE_CDEV, Linux 6.6+): use the legacy backend",
       });
     }
-    const fd = openFd(this.sys, cdev, O_RDWR | O_CLOEXEC, (code) =>
-      code === "EBUSY" ? `${name} is already open (one open per device)` : code === "EACCES"
-        ? `run as root, or give your user access to ${cdev}`
-        : undefined);
+    const fd = openFd(
+      this.sys,
+      cdev,
+      O_RDWR | O_CLOEXEC,
+      (code) =>
+        code === "EBUSY"
+          ? `${name} is already open (one open per device)`
+          : code === "EACCES"
+          ? `run as root, or give your user access to ${cdev}`
+          : undefined,
+    );
     return this.#adoptDevice(fd, name);
   }
 
@@ -240,15 +266,26 @@ export class IommufdIoas extends IommuBase {
     try {
       const b = vfio_device_bind_iommufd.alloc();
       b.set("iommufd", this.#fd.fd);
-      fd.ioctl(VFIO_DEVICE_BIND_IOMMUFD, b.bytes, "VFIO_DEVICE_BIND_IOMMUFD", `bind ${name} to ${this.path}`,
-        (code) => code === "EBUSY" ? "the device is already bound to an iommufd" : undefined);
+      fd.ioctl(
+        VFIO_DEVICE_BIND_IOMMUFD,
+        b.bytes,
+        "VFIO_DEVICE_BIND_IOMMUFD",
+        `bind ${name} to ${this.path}`,
+        (code) => code === "EBUSY" ? "the device is already bound to an iommufd" : undefined,
+      );
       const a = vfio_device_attach_iommufd_pt.alloc();
       a.set("pt_id", this.#ioasId);
-      fd.ioctl(VFIO_DEVICE_ATTACH_IOMMUFD_PT, a.bytes, "VFIO_DEVICE_ATTACH_IOMMUFD_PT", `attach ${name} to IOAS ${this.#ioasId}`,
-        (code) => code === "EPERM"
-          ? "the IOMMU has no interrupt remapping, which VFIO requires to isolate MSIs; enable it " +
-            "(intel_iommu=on with intremap, or amd_iommu=on), or load iommufd with allow_unsafe_interrupts=1"
-          : undefined);
+      fd.ioctl(
+        VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+        a.bytes,
+        "VFIO_DEVICE_ATTACH_IOMMUFD_PT",
+        `attach ${name} to IOAS ${this.#ioasId}`,
+        (code) =>
+          code === "EPERM"
+            ? "the IOMMU has no interrupt remapping, which VFIO requires to isolate MSIs; enable it " +
+              "(intel_iommu=on with intremap, or amd_iommu=on), or load iommufd with allow_unsafe_interrupts=1"
+            : undefined,
+      );
     } catch (e) {
       fd.close();
       throw e;

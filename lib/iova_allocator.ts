@@ -61,7 +61,9 @@ export class IovaAllocator {
    */
   alloc(size: bigint, options: IovaAllocOptions = {}): bigint {
     const align = options.align ?? this.pageSize;
-    if (size <= 0n) throw new RangeError(`Cannot allocate ${size} bytes of IOVA space: size must be positive`);
+    if (size <= 0n) {
+      throw new RangeError(`Cannot allocate ${size} bytes of IOVA space: size must be positive`);
+    }
     if (align <= 0n || (align & (align - 1n)) !== 0n) {
       throw new RangeError(`Cannot align IOVA to ${align}: alignment must be a power of two`);
     }
@@ -79,7 +81,9 @@ export class IovaAllocator {
       return start;
     }
     throw new RangeError(
-      `Cannot allocate ${len} bytes of IOVA space${options.limit !== undefined ? ` below 0x${limit.toString(16)}` : ""}: ` +
+      `Cannot allocate ${len} bytes of IOVA space${
+        options.limit !== undefined ? ` below 0x${limit.toString(16)}` : ""
+      }: ` +
         "no free IOVA range is large enough",
     );
   }

@@ -7,21 +7,21 @@
 import { check } from "./errors.ts";
 import type { OwnedFd } from "./fd.ts";
 import type { Sys } from "./sys.ts";
-import { EFD_CLOEXEC, POLLIN, pollfd } from "./uapi/libc.ts";
+import { EFD_CLOEXEC, pollfd, POLLIN } from "./uapi/libc.ts";
 import {
   VFIO_DEVICE_GET_IRQ_INFO,
   VFIO_DEVICE_SET_IRQS,
+  vfio_irq_info,
   VFIO_IRQ_INFO_AUTOMASKED,
   VFIO_IRQ_INFO_EVENTFD,
   VFIO_IRQ_INFO_MASKABLE,
   VFIO_IRQ_INFO_NORESIZE,
+  vfio_irq_set,
   VFIO_IRQ_SET_ACTION_MASK,
   VFIO_IRQ_SET_ACTION_TRIGGER,
   VFIO_IRQ_SET_ACTION_UNMASK,
   VFIO_IRQ_SET_DATA_EVENTFD,
   VFIO_IRQ_SET_DATA_NONE,
-  vfio_irq_info,
-  vfio_irq_set,
 } from "./uapi/vfio.ts";
 
 /** What VFIO_DEVICE_GET_IRQ_INFO reports. */
@@ -92,7 +92,12 @@ export function setIrqs(
     : action === VFIO_IRQ_SET_ACTION_MASK
     ? "mask"
     : "unmask";
-  fd.ioctl(VFIO_DEVICE_SET_IRQS, s.bytes, "VFIO_DEVICE_SET_IRQS", `${what} IRQ index ${index} vectors ${start}..${start + count}`);
+  fd.ioctl(
+    VFIO_DEVICE_SET_IRQS,
+    s.bytes,
+    "VFIO_DEVICE_SET_IRQS",
+    `${what} IRQ index ${index} vectors ${start}..${start + count}`,
+  );
 }
 
 /**
@@ -132,11 +137,15 @@ export class VfioIrq implements Disposable {
     if (!Number.isInteger(count) || count < 1 || count > info.count) {
       throw new RangeError(`Cannot enable ${count} vectors of IRQ index ${info.index}: it has ${info.count}`);
     }
-    if (!info.eventfd) throw new TypeError(`Cannot enable IRQ index ${info.index}: it cannot signal an eventfd`);
+    if (!info.eventfd) {
+      throw new TypeError(`Cannot enable IRQ index ${info.index}: it cannot signal an eventfd`);
+    }
     this.#eventfds = [];
     try {
       for (let i = 0; i < count; i++) {
-        this.#eventfds.push(check(sys.eventfd(0, EFD_CLOEXEC), { op: "eventfd", action: "create an eventfd" }));
+        this.#eventfds.push(
+          check(sys.eventfd(0, EFD_CLOEXEC), { op: "eventfd", action: "create an eventfd" }),
+        );
       }
       setIrqs(fd, info.index, VFIO_IRQ_SET_ACTION_TRIGGER, 0, count, this.#eventfds);
     } catch (e) {
@@ -159,7 +168,9 @@ export class VfioIrq implements Disposable {
     if (this.#closed) throw new TypeError(`Cannot use IRQ index ${this.index}: it is closed`);
     const e = this.#eventfds[vector];
     if (e === undefined) {
-      throw new RangeError(`Cannot use vector ${vector} of IRQ index ${this.index}: ${this.count} are enabled`);
+      throw new RangeError(
+        `Cannot use vector ${vector} of IRQ index ${this.index}: ${this.count} are enabled`,
+      );
     }
     return e;
   }
@@ -175,13 +186,19 @@ export class VfioIrq implements Disposable {
     const efd = this.#efd(vector);
     const p = pollfd.alloc();
     p.set("fd", efd).set("events", POLLIN);
-    const n = check(this.sys.poll(p.bytes, 1, timeoutMs), { op: "poll", action: `wait for IRQ ${this.index}` });
+    const n = check(this.sys.poll(p.bytes, 1, timeoutMs), {
+      op: "poll",
+      action: `wait for IRQ ${this.index}`,
+    });
     return n === 0 ? 0 : this.#readCounter(efd);
   }
 
   #readCounter(efd: number): number {
     const b = new BigUint64Array(1);
-    check(this.sys.read(efd, new Uint8Array(b.buffer)), { op: "read", action: `read IRQ ${this.index} eventfd` });
+    check(this.sys.read(efd, new Uint8Array(b.buffer)), {
+      op: "read",
+      action: `read IRQ ${this.index} eventfd`,
+    });
     return Number(b[0]);
   }
 

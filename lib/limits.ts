@@ -4,7 +4,7 @@
  * @module
  */
 import type { Sys } from "./sys.ts";
-import { RLIM_INFINITY, RLIMIT_MEMLOCK, rlimit } from "./uapi/libc.ts";
+import { RLIM_INFINITY, rlimit, RLIMIT_MEMLOCK } from "./uapi/libc.ts";
 
 /**
  * Reads RLIMIT_MEMLOCK.

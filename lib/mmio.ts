@@ -71,11 +71,15 @@ export class Registers implements Disposable {
     if (this.#closed) throw new TypeError(`Cannot access ${this.name}: its registers are closed`);
     if (!Number.isInteger(offset) || offset < 0 || offset + width > this.size) {
       throw new RangeError(
-        `Cannot access ${width * 8} bits at offset ${offset} of ${this.name}: the region is ${this.size} bytes`,
+        `Cannot access ${
+          width * 8
+        } bits at offset ${offset} of ${this.name}: the region is ${this.size} bytes`,
       );
     }
     if (offset % width !== 0) {
-      throw new RangeError(`Cannot access ${width * 8} bits at offset ${offset} of ${this.name}: it is unaligned`);
+      throw new RangeError(
+        `Cannot access ${width * 8} bits at offset ${offset} of ${this.name}: it is unaligned`,
+      );
     }
     for (const s of this.#segments) {
       if (offset >= s.start && offset + width <= s.start + s.length) return [s.io, offset - s.start];
@@ -149,6 +153,8 @@ function checkValue(value: number, max: number): number {
   if (!Number.isInteger(value)) throw new RangeError(`Cannot write ${value}: expected an integer`);
   // Accept the signed spelling of the same bit pattern (e.g. ~x in JavaScript is negative).
   const v = value < 0 && value >= -(max + 1) / 2 ? value + max + 1 : value;
-  if (v < 0 || v > max) throw new RangeError(`Cannot write ${value}: it does not fit in ${Math.log2(max + 1)} bits`);
+  if (v < 0 || v > max) {
+    throw new RangeError(`Cannot write ${value}: it does not fit in ${Math.log2(max + 1)} bits`);
+  }
   return v;
 }

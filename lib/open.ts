@@ -53,7 +53,9 @@ export function chooseBackend(sys: Sys, choice: BackendChoice = "auto"): "legacy
   const requested = choice === "auto" ? (sys.getenv("VFIO_TS_BACKEND") ?? "auto") : choice;
   if (requested === "legacy" || requested === "iommufd") return requested;
   if (requested !== "auto") {
-    throw new TypeError(`Cannot use VFIO backend ${JSON.stringify(requested)}: expected auto, legacy or iommufd`);
+    throw new TypeError(
+      `Cannot use VFIO backend ${JSON.stringify(requested)}: expected auto, legacy or iommufd`,
+    );
   }
   // As libvfn does: iommufd when the kernel has both /dev/iommu and device cdevs.
   const dev = sys.readDir("/dev");

@@ -12,16 +12,16 @@ import type { RawMmio, Sys } from "./sys.ts";
 import { MAP_SHARED, PROT_READ, PROT_WRITE } from "./uapi/libc.ts";
 import {
   VFIO_DEVICE_GET_REGION_INFO,
+  vfio_region_info,
   VFIO_REGION_INFO_CAP_MSIX_MAPPABLE,
   VFIO_REGION_INFO_CAP_SPARSE_MMAP,
+  vfio_region_info_cap_sparse_mmap,
   VFIO_REGION_INFO_CAP_TYPE,
+  vfio_region_info_cap_type,
   VFIO_REGION_INFO_FLAG_CAPS,
   VFIO_REGION_INFO_FLAG_MMAP,
   VFIO_REGION_INFO_FLAG_READ,
   VFIO_REGION_INFO_FLAG_WRITE,
-  vfio_region_info,
-  vfio_region_info_cap_sparse_mmap,
-  vfio_region_info_cap_type,
   vfio_region_sparse_mmap_area,
 } from "./uapi/vfio.ts";
 
@@ -75,13 +75,20 @@ export function readRegionInfo(fd: OwnedFd, index: number): RegionInfo {
   const query = (extra: number) => {
     const s = vfio_region_info.alloc(extra);
     s.set("index", index);
-    fd.ioctl(VFIO_DEVICE_GET_REGION_INFO, s.bytes, "VFIO_DEVICE_GET_REGION_INFO", `get info of region ${index}`);
+    fd.ioctl(
+      VFIO_DEVICE_GET_REGION_INFO,
+      s.bytes,
+      "VFIO_DEVICE_GET_REGION_INFO",
+      `get info of region ${index}`,
+    );
     return s;
   };
   let info = query(0);
   const argsz = info.get("argsz");
   if (argsz > info.bytes.length) {
-    if (argsz > MAX_INFO) throw new RangeError(`Cannot get region ${index} info: the kernel asks for ${argsz} bytes`);
+    if (argsz > MAX_INFO) {
+      throw new RangeError(`Cannot get region ${index} info: the kernel asks for ${argsz} bytes`);
+    }
     info = query(argsz - vfio_region_info.size);
   }
   const flags = info.get("flags");
@@ -208,7 +215,11 @@ export class VfioRegion {
   }
 
   #io(op: string, r: number, offset: number, length: number): void {
-    check(r, { op, path: this.fd.path, action: `${op.slice(1)} ${length} bytes at ${offset} of ${this.name}` });
+    check(r, {
+      op,
+      path: this.fd.path,
+      action: `${op.slice(1)} ${length} bytes at ${offset} of ${this.name}`,
+    });
     if (r !== length) {
       throw new VfioError({
         op,
@@ -222,7 +233,10 @@ export class VfioRegion {
 
   /** A {@link RawMmio} that goes through pread/pwrite at exact widths. */
   get kernelIo(): RawMmio {
-    const b1 = new Uint8Array(1), b2 = new Uint16Array(1), b4 = new Uint32Array(1), b8 = new BigUint64Array(1);
+    const b1 = new Uint8Array(1),
+      b2 = new Uint16Array(1),
+      b4 = new Uint32Array(1),
+      b8 = new BigUint64Array(1);
     const u = (a: { buffer: ArrayBufferLike }) => new Uint8Array(a.buffer);
     const [u1, u2, u4, u8] = [b1, u(b2), u(b4), u(b8)];
     return {
@@ -258,15 +272,23 @@ export class VfioRegion {
   map(offset: number, length: number): RegionMapping {
     this.#check(offset, length, "map");
     if (offset % this.sys.pageSize !== 0 || length === 0) {
-      throw new RangeError(`Cannot map ${this.name} at ${offset}: the offset must be page-aligned and length > 0`);
+      throw new RangeError(
+        `Cannot map ${this.name} at ${offset}: the offset must be page-aligned and length > 0`,
+      );
     }
     if (!this.mmapAreas.some((a) => offset >= a.offset && offset + length <= a.offset + a.size)) {
-      throw new RangeError(`Cannot map ${this.name} at ${offset}..${offset + length}: not inside an mmap-able area`);
+      throw new RangeError(
+        `Cannot map ${this.name} at ${offset}..${offset + length}: not inside an mmap-able area`,
+      );
     }
     const prot = (this.info.readable ? PROT_READ : 0) | (this.info.writable ? PROT_WRITE : 0);
     const address = this.sys.mmap(length, prot, MAP_SHARED, this.fd.fd, this.info.offset + offset);
     if (address < 0n) {
-      check(Number(address), { op: "mmap", path: this.fd.path, action: `map ${length} bytes of ${this.name}` });
+      check(Number(address), {
+        op: "mmap",
+        path: this.fd.path,
+        action: `map ${length} bytes of ${this.name}`,
+      });
     }
     return { offset, length, address };
   }
@@ -278,7 +300,11 @@ export class VfioRegion {
    * @throws {VfioError} If munmap(2) fails.
    */
   unmap(m: RegionMapping): void {
-    check(this.sys.munmap(m.address, m.length), { op: "munmap", path: this.fd.path, action: `unmap ${this.name}` });
+    check(this.sys.munmap(m.address, m.length), {
+      op: "munmap",
+      path: this.fd.path,
+      action: `unmap ${this.name}`,
+    });
   }
 
   /**
@@ -290,7 +316,9 @@ export class VfioRegion {
    * @returns The registers; the device closes them when it closes.
    */
   registers(path: "auto" | "pread" = "auto"): Registers {
-    if (this.info.size === 0) throw new RangeError(`Cannot access ${this.name}: the region is not implemented`);
+    if (this.info.size === 0) {
+      throw new RangeError(`Cannot access ${this.name}: the region is not implemented`);
+    }
     const mappings: RegionMapping[] = [];
     const segments: MmioSegment[] = [];
     if (path === "auto") {

@@ -11,7 +11,7 @@
 // Usage: node scripts/test.mjs [--no-lab] [--only=static,unit,lab]
 // Each suite writes JUnit XML under .test-results/, which is what the counts are read from.
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -129,5 +129,7 @@ if (want("lab")) labTests();
 
 console.log("\nSummary:");
 for (const l of lines) console.log(`  ${l}`);
-console.log(`${totals.passed} passed, ${totals.failed} failed${totals.skipped ? `, ${totals.skipped} skipped` : ""}`);
+console.log(
+  `${totals.passed} passed, ${totals.failed} failed${totals.skipped ? `, ${totals.skipped} skipped` : ""}`,
+);
 process.exit(totals.failed === 0 && totals.passed > 0 ? 0 : 1);

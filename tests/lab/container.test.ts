@@ -50,7 +50,9 @@ test("container: TYPE1 can be forced instead of TYPE1v2", { skip: !HAS_IOMMU && 
   assert.equal(d.info().pci, true);
 });
 
-test("container: IOMMU info reports page sizes, IOVA ranges and DMA_AVAIL", { skip: !HAS_IOMMU && "no IOMMU" }, () => {
+test("container: IOMMU info reports page sizes, IOVA ranges and DMA_AVAIL", {
+  skip: !HAS_IOMMU && "no IOMMU",
+}, () => {
   using c = VfioContainer.open(sys);
   c.openDevice(EDU);
   const info = c.info();
@@ -59,7 +61,10 @@ test("container: IOMMU info reports page sizes, IOVA ranges and DMA_AVAIL", { sk
   // intel-iommu reserves the MSI window 0xfee00000..0xfeefffff: no reported range may cover it.
   for (const r of info.iovaRanges) {
     assert.ok(r.start <= r.last);
-    assert.ok(r.last < 0xfee00000n || r.start > 0xfeefffffn, `range ${r.start}..${r.last} covers the MSI window`);
+    assert.ok(
+      r.last < 0xfee00000n || r.start > 0xfeefffffn,
+      `range ${r.start}..${r.last} covers the MSI window`,
+    );
   }
   assert.ok(typeof info.dmaAvail === "number" && info.dmaAvail > 0, `dmaAvail ${info.dmaAvail}`);
   assert.equal(c.iommuPageSize, 4096n);

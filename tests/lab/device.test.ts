@@ -15,9 +15,10 @@ import {
   VFIO_PCI_NUM_REGIONS,
 } from "../../lib/uapi/vfio.ts";
 import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY } from "../../lib/uapi/pci.ts";
-import { backends, EDU, EDU_BEHIND_PORT, edu, NVME, sys } from "./_fixture.ts";
+import { backends, EDU, edu, EDU_BEHIND_PORT, NVME, sys } from "./_fixture.ts";
 
-const sysfs = (bdf: string, attr: string) => readFileSync(`/sys/bus/pci/devices/${bdf}/${attr}`, "utf8").trim();
+const sysfs = (bdf: string, attr: string) =>
+  readFileSync(`/sys/bus/pci/devices/${bdf}/${attr}`, "utf8").trim();
 
 /** BAR sizes from sysfs `resource`: one "start end flags" line per resource, BARs first. */
 function sysfsBarSizes(bdf: string): number[] {
@@ -174,8 +175,14 @@ for (const mode of backends()) {
 
   test(`${mode.name}: device features are probed (low-power entry yes, migration no)`, () => {
     using v = openPciDevice(sys, EDU, mode.options);
-    assert.equal(v.device.featureSupported(VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, VFIO_DEVICE_FEATURE_SET), true);
-    assert.equal(v.device.featureSupported(VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, VFIO_DEVICE_FEATURE_GET), false);
+    assert.equal(
+      v.device.featureSupported(VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, VFIO_DEVICE_FEATURE_SET),
+      true,
+    );
+    assert.equal(
+      v.device.featureSupported(VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, VFIO_DEVICE_FEATURE_GET),
+      false,
+    );
     assert.equal(v.device.featureSupported(VFIO_DEVICE_FEATURE_MIGRATION, VFIO_DEVICE_FEATURE_GET), false);
   });
 }

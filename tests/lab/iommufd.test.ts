@@ -11,10 +11,10 @@ import { IOMMU_IOAS_ALLOC, iommu_ioas_alloc } from "../../lib/uapi/iommufd.ts";
 import { O_RDWR } from "../../lib/uapi/libc.ts";
 import {
   VFIO_DEVICE_ATTACH_IOMMUFD_PT,
-  VFIO_DEVICE_BIND_IOMMUFD,
-  VFIO_DEVICE_GET_INFO,
   vfio_device_attach_iommufd_pt,
+  VFIO_DEVICE_BIND_IOMMUFD,
   vfio_device_bind_iommufd,
+  VFIO_DEVICE_GET_INFO,
   vfio_device_info,
 } from "../../lib/uapi/vfio.ts";
 import { backends, EDU, edu, HAS_IOMMU, openFds, sys } from "./_fixture.ts";

@@ -3,7 +3,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { openPciDevice } from "../../lib/open.ts";
-import { VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX } from "../../lib/uapi/vfio.ts";
+import {
+  VFIO_PCI_INTX_IRQ_INDEX,
+  VFIO_PCI_MSI_IRQ_INDEX,
+  VFIO_PCI_MSIX_IRQ_INDEX,
+} from "../../lib/uapi/vfio.ts";
 import { backends, EDU, edu, NVME, quiesceEdu, sys } from "./_fixture.ts";
 
 for (const mode of backends()) {
