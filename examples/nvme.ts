@@ -208,7 +208,7 @@ export interface Completion {
  */
 class QueuePair {
   readonly #sq: Uint32Array;
-  readonly #cq: Int32Array;
+  readonly #cq: Registers;
   readonly #free: number[];
   readonly #outstanding = new Map<number, { completion?: Completion; abandoned?: boolean }>();
   #sqTail = 0;
@@ -226,7 +226,7 @@ class QueuePair {
     doorbellStride: number,
   ) {
     this.#sq = sqMemory.view(Uint32Array, 0, (depth * SQE_SIZE) / 4);
-    this.#cq = cqMemory.view(Int32Array, 0, (depth * CQE_SIZE) / 4);
+    this.#cq = cqMemory.volatile;
     this.#free = Array.from({ length: depth - 1 }, (_, i) => depth - 2 - i);
     this.sqDoorbell = REG.DOORBELLS + 2 * id * doorbellStride;
     this.cqDoorbell = REG.DOORBELLS + (2 * id + 1) * doorbellStride;
@@ -278,12 +278,14 @@ class QueuePair {
   reap(): number {
     let n = 0;
     for (;;) {
-      const at = this.#cqHead * 4;
-      // Atomics.load: a real load each time, which the JIT may not hoist out of a polling loop.
-      const dw3 = Atomics.load(this.#cq, at + 3);
+      const at = this.#cqHead * CQE_SIZE;
+      // The controller writes these entries while we poll: read them through the buffer's volatile
+      // accessor, one real load each time. (A typed-array read may be hoisted out of the loop, and
+      // JSC's Atomics.load is a locked read-modify-write that can write back over the device.)
+      const dw3 = this.#cq.read32(at + 12);
       if (((dw3 >>> 16) & 1) !== this.#phase) break;
       const cid = dw3 & 0xffff;
-      const completion = { cid, dw0: Atomics.load(this.#cq, at) >>> 0, status: dw3 >>> 17 };
+      const completion = { cid, dw0: this.#cq.read32(at), status: dw3 >>> 17 };
       const entry = this.#outstanding.get(cid);
       if (entry?.abandoned) this.#release(cid); // a command whose caller gave up (timeout)
       else if (entry) entry.completion = completion;

@@ -8,8 +8,8 @@
  * @module
  */
 import type { RawMmio, Sys } from "../lib/sys.ts";
+import { O_CLOEXEC, O_RDONLY, O_WRONLY } from "../lib/uapi/libc.ts";
 import { type ACCESSOR_SYMBOLS, accessorElf } from "./accessor_elf.ts";
-import { nodeFs } from "./fs.ts";
 
 const libc = Deno.dlopen("libc.so.6", {
   open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
@@ -31,6 +31,11 @@ const libc = Deno.dlopen("libc.so.6", {
   getpagesize: { parameters: [], result: "i32" },
   memfd_create: { parameters: ["buffer", "u32"], result: "i32" },
   dlerror: { parameters: [], result: "pointer" },
+  readlink: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
+  opendir: { parameters: ["buffer"], result: "pointer" },
+  readdir: { parameters: ["pointer"], result: "pointer" },
+  closedir: { parameters: ["pointer"], result: "i32" },
+  getenv: { parameters: ["buffer"], result: "pointer" },
   __errno_location: { parameters: [], result: "pointer" },
 });
 const sym = libc.symbols;
@@ -133,12 +138,80 @@ export const denoSys: Sys = {
   eventfd: (initval, flags) => ret(sym.eventfd(initval, flags)),
   poll: (fds, nfds, timeoutMs) => ret(sym.poll(fds, BigInt(nfds), timeoutMs)),
   getrlimit: (resource, out) => ret(sym.getrlimit(resource, out)),
+  // Files and the environment go through libc too: Deno refuses its own file APIs on /sys, /proc
+  // and /dev without --allow-all, while --allow-ffi (which this backend needs anyway) covers libc.
   getenv: (name) => {
+    const p = sym.getenv(cstr(name));
+    return p === null ? undefined : Deno.UnsafePointerView.getCString(p);
+  },
+  readText: (path) => {
+    const fd = sym.open(cstr(path), O_RDONLY | O_CLOEXEC, 0);
+    if (fd < 0) return fail();
     try {
-      return Deno.env.get(name);
-    } catch {
-      return undefined; // no --allow-env: treat as unset
+      const chunks: Uint8Array[] = [];
+      for (;;) {
+        const chunk = new Uint8Array(65536);
+        const n = Number(sym.read(fd, chunk, BigInt(chunk.length)));
+        if (n < 0) return fail();
+        if (n === 0) break;
+        chunks.push(chunk.subarray(0, n));
+      }
+      return decoder.decode(concat(chunks));
+    } finally {
+      sym.close(fd);
     }
   },
-  ...nodeFs,
+  writeText: (path, text) => {
+    const fd = sym.open(cstr(path), O_WRONLY | O_CLOEXEC, 0);
+    if (fd < 0) return fail();
+    try {
+      // One write: a sysfs attribute takes its value in a single call.
+      const data = new TextEncoder().encode(text);
+      const n = Number(sym.write(fd, data, BigInt(data.length)));
+      return n < 0 ? fail() : 0;
+    } finally {
+      sym.close(fd);
+    }
+  },
+  readLink: (path) => {
+    const buf = new Uint8Array(4096);
+    const n = Number(sym.readlink(cstr(path), buf, BigInt(buf.length)));
+    return n < 0 ? fail() : decoder.decode(buf.subarray(0, n));
+  },
+  readDir: (path) => {
+    const dir = sym.opendir(cstr(path));
+    if (dir === null) return fail();
+    try {
+      const names: string[] = [];
+      for (;;) {
+        errnoCell[0] = 0;
+        const entry = sym.readdir(dir);
+        if (entry === null) {
+          if (errnoCell[0] !== 0) return fail();
+          break;
+        }
+        // SAFETY: readdir returned a struct dirent that stays valid until the next readdir or
+        // closedir; d_name is its NUL-terminated name at offset 19 on 64-bit glibc.
+        const name = Deno.UnsafePointerView.getCString(entry, DIRENT_NAME_OFFSET);
+        if (name !== "." && name !== "..") names.push(name);
+      }
+      return names.sort();
+    } finally {
+      sym.closedir(dir);
+    }
+  },
 };
+
+/** offsetof(struct dirent, d_name) on 64-bit glibc: ino (8), off (8), reclen (2), type (1). */
+const DIRENT_NAME_OFFSET = 19;
+const decoder = new TextDecoder();
+
+function concat(chunks: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
+}

@@ -156,7 +156,7 @@ export class VfioContainer extends IommuBase {
 
   /** The smallest page size VFIO_IOMMU_GET_INFO reports (the CPU page size before the IOMMU is set). */
   get iommuPageSize(): bigint {
-    const sizes = this.#type !== undefined && this.translates ? this.info().pageSizes : 0n;
+    const sizes = this.#type !== undefined && this.translates ? this.#staticInfo().pageSizes : 0n;
     return sizes === 0n ? BigInt(this.sys.pageSize) : sizes & -sizes;
   }
 
@@ -250,6 +250,13 @@ export class VfioContainer extends IommuBase {
     return this.#info;
   }
 
+  // Page sizes and IOVA ranges are fixed once the IOMMU is set (until the last group leaves), so
+  // the DMA path reads them once; only DMA_AVAIL changes and info() re-reads it.
+  #staticInfo(): IommuInfo {
+    this.#info ??= this.#readInfo();
+    return this.#info;
+  }
+
   #readInfo(): IommuInfo {
     let info = vfio_iommu_type1_info.alloc();
     this.#fd.ioctl(VFIO_IOMMU_GET_INFO, info.bytes, "VFIO_IOMMU_GET_INFO", "get IOMMU info");
@@ -287,7 +294,7 @@ export class VfioContainer extends IommuBase {
 
   #iovaRanges(): IovaRange[] {
     this.#requireIommu("list IOVA ranges");
-    return this.info().iovaRanges.map((r) => ({ ...r }));
+    return this.#staticInfo().iovaRanges.map((r) => ({ ...r }));
   }
 
   #map(vaddr: bigint, iova: bigint, size: bigint, access: DmaAccess): void {

@@ -16,7 +16,8 @@ import {
   PROT_READ,
   PROT_WRITE,
 } from "./uapi/libc.ts";
-import type { Sys } from "./sys.ts";
+import { Registers } from "./mmio.ts";
+import type { RawMmio, Sys } from "./sys.ts";
 
 /** Options for {@link DmaPool.alloc}. */
 export interface DmaAllocOptions extends DmaAccess {
@@ -50,6 +51,13 @@ export class DmaBuffer implements Disposable {
     readonly size: number,
     buffer: ArrayBuffer,
     free: () => void,
+    /**
+     * Single-access loads and stores into the buffer, for fields the device writes while the
+     * program polls them (completion entries, status words). Typed-array reads in a polling loop
+     * may be hoisted by the JIT, and JSC compiles Atomics.load to a locked read-modify-write that
+     * can write back over what the device just wrote. Closed when the buffer is freed.
+     */
+    readonly volatile: Registers,
   ) {
     this.#buffer = buffer;
     this.#free = free;
@@ -115,6 +123,7 @@ export class DmaBuffer implements Disposable {
     this.#free = undefined;
     // Detaching makes every typed array over the memory zero-length before the memory goes.
     this.#buffer = this.#buffer.transfer(0);
+    this.volatile.close();
     f();
   }
 
@@ -209,6 +218,11 @@ export class DmaPool implements Disposable {
     // SAFETY: [vaddr, vaddr+length) was just mapped above and stays mapped until free() below,
     // which detaches this ArrayBuffer before munmap.
     const memory = this.sys.memory(vaddr, length);
+    const name = `DMA buffer at iova 0x${at.toString(16)}`;
+    // SAFETY: the accessor is bounds-checked against `length` by Registers and closed by free()
+    // before the memory is unmapped.
+    const io = this.sys.mmio(vaddr, length) ?? atomicIo(memory);
+    const volatile = new Registers(name, length, "mmap", [{ start: 0, length, io }], io);
     const buf: DmaBuffer = new DmaBuffer(at, vaddr, length, memory, () => {
       this.#buffers.delete(buf);
       // The mapping is gone already when the backend closed or its last group left.
@@ -219,7 +233,7 @@ export class DmaPool implements Disposable {
       }
       this.#allocator.free(at, BigInt(length));
       check(this.sys.munmap(vaddr, length), { op: "munmap", action: "free DMA memory" });
-    });
+    }, volatile);
     this.#buffers.add(buf);
     return buf;
   }
@@ -241,4 +255,21 @@ export class DmaPool implements Disposable {
   [Symbol.dispose](): void {
     this.close();
   }
+}
+
+// Where the backend has no native accessor (not x86-64), Atomics give single, unhoisted accesses;
+// off x86 they compile to plain acquire loads and release stores, not locked read-modify-writes.
+function atomicIo(memory: ArrayBuffer): RawMmio {
+  const u8 = new Uint8Array(memory), u16 = new Uint16Array(memory);
+  const u32 = new Uint32Array(memory), u64 = new BigUint64Array(memory);
+  return {
+    read8: (o) => Atomics.load(u8, o),
+    read16: (o) => Atomics.load(u16, o >>> 1),
+    read32: (o) => Atomics.load(u32, o >>> 2),
+    read64: (o) => Atomics.load(u64, o >>> 3),
+    write8: (o, v) => void Atomics.store(u8, o, v),
+    write16: (o, v) => void Atomics.store(u16, o >>> 1, v),
+    write32: (o, v) => void Atomics.store(u32, o >>> 2, v),
+    write64: (o, v) => void Atomics.store(u64, o >>> 3, v),
+  };
 }

@@ -39,6 +39,9 @@ export interface MmioSegment {
  */
 export class Registers implements Disposable {
   readonly #segments: MmioSegment[];
+  // The accessor when one fast segment covers the whole region (the usual BAR): read32/write32
+  // then check bounds inline and skip the segment walk. Cleared on close.
+  #whole: RawMmio | undefined;
   readonly #fallback: RawMmio;
   #closed = false;
   readonly #onClose: () => void;
@@ -62,6 +65,10 @@ export class Registers implements Disposable {
     onClose: () => void = () => {},
   ) {
     this.#segments = segments;
+    const first = segments[0];
+    this.#whole = segments.length === 1 && first!.start === 0 && first!.length === size
+      ? first!.io
+      : undefined;
     this.#fallback = fallback;
     this.#onClose = onClose;
   }
@@ -99,6 +106,10 @@ export class Registers implements Disposable {
   }
   /** Reads 32 bits. @throws {RangeError} If out of bounds or unaligned. */
   read32(offset: number): number {
+    const whole = this.#whole;
+    if (whole !== undefined && offset >>> 0 === offset && (offset & 3) === 0 && offset + 4 <= this.size) {
+      return whole.read32(offset);
+    }
     const [io, o] = this.#at(offset, 4);
     return io.read32(o);
   }
@@ -119,6 +130,13 @@ export class Registers implements Disposable {
   }
   /** Writes 32 bits. @throws {RangeError} If out of bounds, unaligned, or the value does not fit. */
   write32(offset: number, value: number): void {
+    const whole = this.#whole;
+    if (
+      whole !== undefined && offset >>> 0 === offset && (offset & 3) === 0 && offset + 4 <= this.size &&
+      (value >>> 0 === value || (value | 0) === value)
+    ) {
+      return whole.write32(offset, value >>> 0);
+    }
     const [io, o] = this.#at(offset, 4);
     io.write32(o, checkValue(value, 0xffffffff));
   }
@@ -140,6 +158,7 @@ export class Registers implements Disposable {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#whole = undefined;
     this.#onClose();
   }
 

@@ -51,22 +51,25 @@ export class StructDef<F extends Fields = Fields> {
       if (offset < 0 || offset + WIDTH[type] > size) {
         throw new RangeError(`Cannot declare ${name}.${key}: offset ${offset} is outside ${size} bytes`);
       }
+      if (offset === 0 && type === "u32" && (key === "argsz" || key === "size")) this.#lengthField = key;
     }
   }
 
+  // `argsz` or `size` when the struct leads with its own length, found once here since alloc() runs
+  // on every ioctl.
+  readonly #lengthField: string | undefined;
+
   /**
    * Allocates a zeroed buffer for the struct plus `extra` trailing bytes (for flexible arrays and
-   * capability chains). When the struct starts with `argsz`, it is set to the whole length.
+   * capability chains). The length field that leads VFIO structs (`argsz`) and iommufd structs
+   * (`size`) is set to the whole length, as both interfaces require.
    *
    * @param extra Bytes to append after the fixed part.
    * @returns A view over the new buffer.
    */
   alloc(extra = 0): Struct<F> {
     const s = new Struct(this, new Uint8Array(this.size + extra));
-    const lead = Object.entries(this.fields).find(([, [type, offset]]) => offset === 0 && type === "u32");
-    if (lead && (lead[0] === "argsz" || lead[0] === "size")) {
-      s.set(lead[0], (this.size + extra) as FieldValue<F[string]>);
-    }
+    if (this.#lengthField !== undefined) s.view.setUint32(0, this.size + extra, true);
     return s;
   }
 

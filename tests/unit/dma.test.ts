@@ -213,3 +213,18 @@ test("dma: a no-IOMMU container cannot make a pool", () => {
   using t = setup(fake);
   assert.throws(() => new DmaPool(fake, t.container), /no-IOMMU mode/);
 });
+
+test("dma: volatile accesses see what the device wrote, are bounds-checked, and close on free", () => {
+  using t = setup();
+  using pool = new DmaPool(t.fake, t.container);
+  const buf = pool.alloc(4096);
+  // The "device" writes a completion entry's status word; the program polls it through volatile.
+  new DataView(buf.bytes.buffer).setUint32(12, 0x00010001, true);
+  assert.equal(buf.volatile.read32(12), 0x00010001);
+  buf.volatile.write16(14, 0xbeef);
+  assert.equal(buf.view(Uint16Array)[7], 0xbeef);
+  assert.throws(() => buf.volatile.read32(4096), RangeError);
+  assert.throws(() => buf.volatile.read32(2), /unaligned/);
+  buf.free();
+  assert.throws(() => buf.volatile.read32(0), /closed/);
+});

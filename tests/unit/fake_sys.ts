@@ -510,12 +510,13 @@ export class FakeSys implements Sys {
 
   mmio(address: bigint, length: number): RawMmio | undefined {
     const m = this.#maps.get(address);
-    if (!m?.region || length > m.length) {
-      throw new Error(`FakeSys.mmio(${hex(address)}): no region mapped there`);
+    if (!m || !(m.region || m.buffer) || length > m.length) {
+      throw new Error(`FakeSys.mmio(${hex(address)}): nothing mapped there`);
     }
     if (!this.fastMmio) return undefined;
-    const pos = m.pos!;
-    const view = new DataView(m.region.data.buffer, pos, m.length);
+    // Device regions and anonymous (DMA) memory alike, as the real accessor reads any mapping.
+    const pos = m.region ? m.pos! : 0;
+    const view = new DataView(m.region ? m.region.data.buffer : m.buffer!, pos, m.length);
     const at = (op: string, o: number, width: number) => {
       this.calls.push({ op: `mmio.${op}${width * 8}`, offset: pos + o, length: width });
       if (!this.#maps.has(address)) this.violations.push(`mmio ${op} at ${o} after munmap`);
