@@ -8,7 +8,7 @@
  * @module
  */
 import type { RawMmio, Sys } from "../lib/sys.ts";
-import { O_CLOEXEC, O_RDONLY, O_WRONLY } from "../lib/uapi/libc.ts";
+import { O_CLOEXEC, O_CREAT, O_RDONLY, O_TRUNC, O_WRONLY } from "../lib/uapi/libc.ts";
 import { type ACCESSOR_SYMBOLS, accessorElf } from "./accessor_elf.ts";
 
 const libc = Deno.dlopen("libc.so.6", {
@@ -162,7 +162,8 @@ export const denoSys: Sys = {
     }
   },
   writeText: (path, text) => {
-    const fd = sym.open(cstr(path), O_WRONLY | O_CLOEXEC, 0);
+    // As `echo > file` opens: sysfs attributes accept it, and a regular file is created.
+    const fd = sym.open(cstr(path), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644);
     if (fd < 0) return fail();
     try {
       // One write: a sysfs attribute takes its value in a single call.

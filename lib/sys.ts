@@ -90,7 +90,7 @@ export interface Sys {
 
   /** Reads a whole text file (sysfs, procfs). @returns The text, or -errno. */
   readText(path: string): string | number;
-  /** Writes a text file (sysfs attributes). @returns 0, or -errno. */
+  /** Writes a text file, creating or truncating it as `echo > path` does (sysfs attributes, records). @returns 0, or -errno. */
   writeText(path: string, text: string): number;
   /** readlink(2). @returns The link target, or -errno. */
   readLink(path: string): string | number;

@@ -13,6 +13,10 @@ export const O_RDONLY = 0o0;
 export const O_WRONLY = 0o1;
 /** open(2) flag: open for reading and writing. */
 export const O_RDWR = 0o2;
+/** open(2): create the file if it does not exist. */
+export const O_CREAT = 0o100;
+/** open(2): truncate an existing regular file to length 0. */
+export const O_TRUNC = 0o1000;
 /** open(2) flag: non-blocking I/O. */
 export const O_NONBLOCK = 0o4000;
 /** open(2) flag: close the fd on execve(2). */

@@ -20,7 +20,9 @@ const EDU = "0000:00:04.0";
 const NVME = "0000:00:05.0";
 const EDU2 = "0000:00:06.0"; // multifunction edu, group not viable under intel-iommu
 const RNG = "0000:00:06.1"; // virtio-rng, stays on virtio-pci
-const VFIO_DEVICES = [EDU, NVME, EDU2];
+const ROOT_PORT = "0000:00:07.0"; // PCIe root port, on pcieport
+const EDU3 = "0000:01:00.0"; // edu alone behind ROOT_PORT, so a bus reset is possible
+const VFIO_DEVICES = [EDU, NVME, EDU2, EDU3];
 
 function link(path: string): string | undefined {
   try {
@@ -55,14 +57,22 @@ test("lab devices: the fixed PCI topology is present", { skip }, () => {
   assert.equal(ids(NVME), "0x1b36:0x0010");
   assert.equal(ids(EDU2), "0x1234:0x11e8");
   assert.equal(ids(RNG), "0x1af4:0x1005");
+  assert.equal(ids(ROOT_PORT), "0x1b36:0x000c");
+  assert.equal(ids(EDU3), "0x1234:0x11e8");
+  assert.match(
+    readlinkSync(`${PCI}/${EDU3}`),
+    new RegExp(`/${ROOT_PORT}/${EDU3}$`),
+    "01:00.0 sits behind 00:07.0",
+  );
 });
 
-test("lab devices: 00:04.0, 00:05.0 and 00:06.0 are bound to vfio-pci", { skip }, () => {
+test("lab devices: 00:04.0, 00:05.0, 00:06.0 and 01:00.0 are bound to vfio-pci", { skip }, () => {
   for (const bdf of VFIO_DEVICES) assert.equal(driverOf(bdf), "vfio-pci", bdf);
 });
 
-test("lab devices: 00:06.1 stays on its own driver (virtio-pci)", { skip }, () => {
+test("lab devices: 00:06.1 stays on virtio-pci and 00:07.0 on pcieport", { skip }, () => {
   assert.equal(driverOf(RNG), "virtio-pci");
+  assert.equal(driverOf(ROOT_PORT), "pcieport");
 });
 
 test("lab vfio: the legacy container node /dev/vfio/vfio exists", { skip }, () => {
@@ -78,9 +88,12 @@ test("lab vfio: every vfio-pci device has its group node", { skip }, () => {
   }
 });
 
-test("lab groups: 00:04.0 and 00:05.0 are alone in their groups", { skip }, () => {
-  assert.notEqual(groupOf(EDU), groupOf(NVME));
-  for (const bdf of [EDU, NVME]) assert.deepEqual(groupMembers(groupOf(bdf)!), [bdf]);
+test("lab groups: 00:04.0, 00:05.0 and 01:00.0 are alone in their groups", { skip }, () => {
+  for (const bdf of [EDU, NVME, EDU3]) {
+    const group = groupOf(bdf);
+    assert.ok(group, `${bdf} has a group`);
+    assert.deepEqual(groupMembers(group), [bdf]);
+  }
 });
 
 test("lab groups: 00:06.0 shares its group with 00:06.1, so it is not viable", { skip }, () => {
