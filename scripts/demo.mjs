@@ -13,7 +13,8 @@ import { parseArgs } from "node:util";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const bin = join(root, "node_modules", ".bin");
-const env = { ...process.env, PATH: `${bin}:${process.env.PATH}`, DENO_NO_UPDATE_CHECK: "1" };
+// VFIO_LAB_QUIET: the guest's console goes to the lab's log file; progress lines still show.
+const env = { ...process.env, PATH: `${bin}:${process.env.PATH}`, DENO_NO_UPDATE_CHECK: "1", VFIO_LAB_QUIET: "1" };
 const { values } = parseArgs({ options: { kernel: { type: "string", default: "stock" } } });
 
 function run(cmd, argv, opts = {}) {
@@ -37,7 +38,6 @@ const transcript = join(outDir, "demo.txt");
 console.log(
   `demo: booting the lab (${values.kernel} kernel, emulated intel-iommu, edu and NVMe on vfio-pci)`,
 );
-// The guest's console (kernel messages) goes to the lab's log file; the transcript is printed below.
 const status = run("bash", [
   join(root, "scripts/lab/run.sh"),
   "--kernel",
@@ -48,7 +48,7 @@ const status = run("bash", [
   "demo",
   "--",
   `bash scripts/lab/demo.sh ${JSON.stringify(transcript)}`,
-], { stdio: ["ignore", "inherit", "pipe"] });
+], { stdio: ["ignore", "inherit", "inherit"] });
 if (existsSync(transcript)) process.stdout.write(readFileSync(transcript, "utf8"));
 console.log(
   status === 0 ? "\ndemo: done" : `\ndemo: failed (status ${status}); the lab's console log is named above`,

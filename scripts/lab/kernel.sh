@@ -43,7 +43,7 @@ for o in IOMMUFD VFIO_DEVICE_CDEV VFIO_NOIOMMU VFIO_PCI INTEL_IOMMU; do
   grep -q "^CONFIG_$o=y" .config || lab_die "kernel config lost CONFIG_$o"
 done
 log=$VFIO_LAB_CACHE/build/kbuild-$key.log
-lab_log "building the custom 6.12 kernel (about 6 minutes on 2 cores, once per machine; log: $log)"
+lab_log "building the custom 6.12 kernel (about 7 minutes on 2 idle cores, once per machine; log: $log)"
 start=$(date +%s)
 make -j"$(nproc)" bzImage > "$log" 2>&1 &
 pid=$!

@@ -13,6 +13,7 @@
 #   --name NAME             names the console log. Env VFIO_LAB_NAME; default <kernel>-<iommu>.
 #   --mem MB                guest memory. Env VFIO_LAB_MEM; default 2048.
 #   --keep                  keep the run directory (command, NVMe image). Env VFIO_LAB_KEEP=1.
+#   Env VFIO_LAB_QUIET=1    the console goes only to the log file, not to stderr (lab: lines still do).
 #
 # The guest chroots into the host's root (shared read-only over virtio-9p), so host paths, glibc and the
 # repo's pinned runtimes work unchanged. The repo is shared read-write (uncached) and the command runs
@@ -48,6 +49,7 @@ TIMEOUT=${VFIO_LAB_TIMEOUT:-900}
 NAME=${VFIO_LAB_NAME:-}
 MEM=${VFIO_LAB_MEM:-2048}
 KEEP=${VFIO_LAB_KEEP:-0}
+QUIET=${VFIO_LAB_QUIET:-0}
 BIND="0000:00:04.0 0000:00:05.0 0000:00:06.0 0000:01:00.0"
 NVME_SIZE=64M
 
@@ -193,7 +195,11 @@ qemu_args() {
 # its own process group, out of reach of the terminal's signals.
 boot() {
   local qpid
-  timeout -k 10 "$TIMEOUT" qemu-system-x86_64 "${QARGS[@]}" < /dev/null >&2 &
+  if [ "$QUIET" = 1 ]; then
+    timeout -k 10 "$TIMEOUT" qemu-system-x86_64 "${QARGS[@]}" < /dev/null > /dev/null &
+  else
+    timeout -k 10 "$TIMEOUT" qemu-system-x86_64 "${QARGS[@]}" < /dev/null >&2 &
+  fi
   qpid=$!
   trap 'kill -TERM "$qpid" 2>/dev/null; wait "$qpid" 2>/dev/null; lab_die "interrupted (console log: $LOG)"' INT TERM HUP
   QRC=0

@@ -15,6 +15,10 @@
 # non-zero while its file reports no failure, a one-case failing JUnit file says so
 # (<config>-<runtime>.xml or <config>-<runtime>-status.xml), so the count cannot come out clean.
 # Exits non-zero only when a guest failed to boot or to report a status; <config>-boot.xml records it.
+#
+# Time, measured on 2 cores under TCG: a guest boots to the command in 2-3.5 s; the runtimes' own
+# start-up dominates after that (deno type-checks tests/lab in the guest: ~35 s and more per config).
+# A first run adds the stock kernel download (~10 s) and the custom kernel build (~7 min).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/common.sh"
@@ -46,7 +50,7 @@ guest_cmd() { # CONFIG
   files=$(cd "$repo" && find tests/lab -name '*.test.ts' | sort | sed 's|^|./|' | tr '\n' ' ')
   cat <<EOF
 out=$(printf %q "$OUT")
-deno test -A --reporter=dot --junit-path="\$out/$cfg-deno.xml" tests/lab/
+deno test -A --no-check --reporter=dot --junit-path="\$out/$cfg-deno.xml" tests/lab/
 echo \$? > "\$out/.status-$cfg-deno"
 bun test --reporter=junit --reporter-outfile="\$out/$cfg-bun.xml" $files
 echo \$? > "\$out/.status-$cfg-bun"
