@@ -14,7 +14,12 @@ import { parseArgs } from "node:util";
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const bin = join(root, "node_modules", ".bin");
 // VFIO_LAB_QUIET: the guest's console goes to the lab's log file; progress lines still show.
-const env = { ...process.env, PATH: `${bin}:${process.env.PATH}`, DENO_NO_UPDATE_CHECK: "1", VFIO_LAB_QUIET: "1" };
+const env = {
+  ...process.env,
+  PATH: `${bin}:${process.env.PATH}`,
+  DENO_NO_UPDATE_CHECK: "1",
+  VFIO_LAB_QUIET: "1",
+};
 const { values } = parseArgs({ options: { kernel: { type: "string", default: "stock" } } });
 
 function run(cmd, argv, opts = {}) {
