@@ -305,7 +305,7 @@ export class VfioContainer extends IommuBase {
       VFIO_IOMMU_MAP_DMA,
       m.bytes,
       "VFIO_IOMMU_MAP_DMA",
-      `map DMA at iova 0x${iova.toString(16)} (size 0x${size.toString(16)})`,
+      () => `map DMA at iova 0x${iova.toString(16)} (size 0x${size.toString(16)})`,
       (code) => {
         if (code === "ENOMEM" || code === "EAGAIN") return memlockHint(this.sys, size);
         if (code === "ENOSPC") {
@@ -326,7 +326,7 @@ export class VfioContainer extends IommuBase {
       VFIO_IOMMU_UNMAP_DMA,
       u.bytes,
       "VFIO_IOMMU_UNMAP_DMA",
-      `unmap DMA at iova 0x${iova.toString(16)}`,
+      () => `unmap DMA at iova 0x${iova.toString(16)}`,
     );
   }
 

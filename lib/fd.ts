@@ -54,7 +54,8 @@ export class OwnedFd {
    * @param request The ioctl number.
    * @param arg The struct's bytes, read and written by the kernel.
    * @param name The ioctl's name for errors, e.g. `"VFIO_DEVICE_GET_INFO"`.
-   * @param action What it does, for errors: "get device info".
+   * @param action What it does, for errors: "get device info"; a function when building the text
+   *   costs something on a hot path (it runs only on failure).
    * @param hints Picks a fix from the errno name.
    * @returns The ioctl's non-negative result.
    * @throws {VfioError} If the ioctl fails.
@@ -63,14 +64,20 @@ export class OwnedFd {
     request: number,
     arg: Uint8Array | number,
     name: string,
-    action: string,
+    action: string | (() => string),
     hints?: (code: string) => string | undefined,
   ): number {
     const fd = this.fd;
     const r = typeof arg === "number"
       ? this.sys.ioctlInt(fd, request, arg)
       : this.sys.ioctlPtr(fd, request, arg);
-    return check(r, { op: name, path: this.path, action, hints });
+    if (r >= 0) return r;
+    return check(r, {
+      op: name,
+      path: this.path,
+      action: typeof action === "string" ? action : action(),
+      hints,
+    });
   }
 }
 

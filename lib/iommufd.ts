@@ -148,7 +148,7 @@ export class IommufdIoas extends IommuBase {
       IOMMU_IOAS_MAP,
       m.bytes,
       "IOMMU_IOAS_MAP",
-      `map DMA at iova 0x${iova.toString(16)} (size 0x${size.toString(16)})`,
+      () => `map DMA at iova 0x${iova.toString(16)} (size 0x${size.toString(16)})`,
       (code) => {
         if (code === "ENOMEM" || code === "EAGAIN") return memlockHint(this.sys, size);
         if (code === "EEXIST") return "the IOVA range overlaps an existing mapping";
@@ -161,7 +161,12 @@ export class IommufdIoas extends IommuBase {
   #unmap(iova: bigint, size: bigint): void {
     const u = iommu_ioas_unmap.alloc();
     u.set("ioas_id", this.#ioasId).set("iova", iova).set("length", size);
-    this.#fd.ioctl(IOMMU_IOAS_UNMAP, u.bytes, "IOMMU_IOAS_UNMAP", `unmap DMA at iova 0x${iova.toString(16)}`);
+    this.#fd.ioctl(
+      IOMMU_IOAS_UNMAP,
+      u.bytes,
+      "IOMMU_IOAS_UNMAP",
+      () => `unmap DMA at iova 0x${iova.toString(16)}`,
+    );
   }
 
   #unmapAll(): void {
