@@ -40,19 +40,25 @@ H=/host
 mkdir -p $H
 # The host root is read-mostly and big: cache=loose keeps binaries and libraries in the guest page cache.
 mount -t 9p -o $o,ro,cache=loose hostroot $H || die "cannot mount the host root"
-mount -t tmpfs tmp $H/tmp
-mount -t tmpfs run $H/run
 # deno and bun live in the repo's node_modules, which the work share (cache=none) hides below. Executing
 # 100 MB binaries through an uncached share re-reads them over 9p, so expose them from the cached host
-# root view instead, before the work share covers it.
-mkdir -p $H/run/vfio-ts/bin
+# root view instead. They are bound to /runtimes first, because the tmpfs mounts below would hide a
+# repo that lies under /tmp or /run (CI clones anywhere).
+mkdir -p /runtimes
 for pair in $RUNTIMES; do
   name=${pair%%=*}; path=${pair#*=}
   if [ -f "$H$path" ]; then
-    : > $H/run/vfio-ts/bin/$name && mount -o bind,ro "$H$path" $H/run/vfio-ts/bin/$name
+    : > /runtimes/$name && mount -o bind,ro "$H$path" /runtimes/$name
   else
     log "runtime $name not found at $path"
   fi
+done
+mount -t tmpfs tmp $H/tmp
+mount -t tmpfs run $H/run
+mkdir -p $H/run/vfio-ts/bin
+for f in /runtimes/*; do
+  [ -f "$f" ] || continue
+  : > $H/run/vfio-ts/bin/${f##*/} && mount -o bind,ro "$f" $H/run/vfio-ts/bin/${f##*/}
 done
 # The repo: uncached, so the host sees JUnit files and test output at once.
 mkdir -p "$H$WORK" 2>/dev/null
