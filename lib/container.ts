@@ -292,13 +292,18 @@ export class VfioContainer extends IommuBase {
     return result;
   }
 
-  #iovaRanges(): IovaRange[] {
+  #iovaRanges(): readonly IovaRange[] {
     this.#requireIommu("list IOVA ranges");
-    return this.#staticInfo().iovaRanges.map((r) => ({ ...r }));
+    return this.#staticInfo().iovaRanges;
   }
 
+  // Map and unmap run per DMA buffer: their argument structs are made once and refilled (JavaScript
+  // is single-threaded, and the kernel copies them in before returning).
+  readonly #mapArg = vfio_iommu_type1_dma_map.alloc();
+  readonly #unmapArg = vfio_iommu_type1_dma_unmap.alloc();
+
   #map(vaddr: bigint, iova: bigint, size: bigint, access: DmaAccess): void {
-    const m = vfio_iommu_type1_dma_map.alloc();
+    const m = this.#mapArg;
     m.set("flags", (access.read ? VFIO_DMA_MAP_FLAG_READ : 0) | (access.write ? VFIO_DMA_MAP_FLAG_WRITE : 0));
     m.set("vaddr", vaddr).set("iova", iova).set("size", size);
     this.#fd.ioctl(
@@ -320,8 +325,8 @@ export class VfioContainer extends IommuBase {
   }
 
   #unmap(iova: bigint, size: bigint): void {
-    const u = vfio_iommu_type1_dma_unmap.alloc();
-    u.set("iova", iova).set("size", size);
+    const u = this.#unmapArg;
+    u.set("flags", 0).set("iova", iova).set("size", size);
     this.#fd.ioctl(
       VFIO_IOMMU_UNMAP_DMA,
       u.bytes,

@@ -88,8 +88,8 @@ export interface IommuOps {
   unmap(iova: bigint, size: bigint): void;
   /** Unmaps everything in the address space. */
   unmapAll(): void;
-  /** The IOVA ranges the kernel reports. */
-  iovaRanges(): IovaRange[];
+  /** The IOVA ranges the kernel reports; may be a cached array, which callers must not modify. */
+  iovaRanges(): readonly IovaRange[];
   /** Opens a device into the address space. */
   openDevice(bdf: string): VfioDevice;
   /** Whether the kernel still holds the address space (mappings die with it). */
@@ -161,10 +161,11 @@ export abstract class IommuBase implements IommuBackend {
       );
     }
     const last = iova + size - 1n;
-    if (!this.iovaRanges().some((r) => iova >= r.start && last <= r.last)) {
+    const ranges = this.ops.iovaRanges();
+    if (!ranges.some((r) => iova >= r.start && last <= r.last)) {
       throw new RangeError(
         `Cannot map DMA at iova ${hex(iova)}..${hex(last)}: outside the IOMMU's IOVA ranges ` +
-          this.iovaRanges().map((r) => `${hex(r.start)}..${hex(r.last)}`).join(", "),
+          ranges.map((r) => `${hex(r.start)}..${hex(r.last)}`).join(", "),
       );
     }
     for (const [at, len] of this.#mappings) {
@@ -198,7 +199,7 @@ export abstract class IommuBase implements IommuBackend {
 
   iovaRanges(): IovaRange[] {
     this.assertOpen();
-    return this.ops.iovaRanges();
+    return this.ops.iovaRanges().map((r) => ({ ...r }));
   }
 
   openDevice(bdf: string): VfioDevice {

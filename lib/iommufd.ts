@@ -182,7 +182,16 @@ export class IommufdIoas extends IommuBase {
     );
   }
 
-  #iovaRanges(): IovaRange[] {
+  // The ranges change only when a device attaches or leaves (its reserved regions) or with
+  // allowIovas(), so they are read once per change rather than on every DMA map.
+  #ranges: readonly IovaRange[] | undefined;
+
+  #iovaRanges(): readonly IovaRange[] {
+    this.#ranges ??= this.#readRanges();
+    return this.#ranges;
+  }
+
+  #readRanges(): IovaRange[] {
     const q = iommu_ioas_iova_ranges.alloc();
     q.set("ioas_id", this.#ioasId);
     let n = 8;
@@ -211,6 +220,7 @@ export class IommufdIoas extends IommuBase {
    */
   allowIovas(ranges: readonly IovaRange[]): void {
     this.assertOpen();
+    this.#ranges = undefined;
     const a = iommu_ioas_allow_iovas.alloc();
     a.set("ioas_id", this.#ioasId).set("num_iovas", ranges.length);
     withScratch(this.sys, Math.max(1, ranges.length) * iommu_iova_range.size, (address, bytes) => {
@@ -295,8 +305,11 @@ export class IommufdIoas extends IommuBase {
       fd.close();
       throw e;
     }
+    this.#ranges = undefined; // the attach added the device's reserved regions
     // A cdev-bound device proves ownership of its reset group through the iommufd: no group fds.
-    return new VfioDevice(this.sys, fd, name, () => []);
+    const device = new VfioDevice(this.sys, fd, name, () => []);
+    device.onClose(() => (this.#ranges = undefined));
+    return device;
   }
 
   #release(): void {
