@@ -3,14 +3,17 @@
  *
  * A binding for the Linux VFIO interface: open a device bound to vfio-pci, access its registers
  * width-exactly, map DMA memory through the IOMMU, and receive interrupts through eventfds. The
- * core (lib/) is runtime-agnostic; ffi/ holds the Deno and Bun backends, chosen at load time.
+ * same code runs under `deno run --allow-ffi` and under `bun`.
+ *
+ * Numbers follow one rule: addresses (process addresses, IOVAs) are `bigint`; sizes, offsets,
+ * counts and indexes are `number`, and must be safe integers. Absent values are `undefined`.
  *
  * @example Read the edu device's ident register
  * ```ts ignore
- * import { open } from "./mod.ts";
+ * import { open } from "vfio-ts";
  *
- * using vfio = await open("0000:00:04.0");
- * using bar0 = vfio.device.registers(0);
+ * using edu = await open("0000:00:04.0");
+ * using bar0 = edu.device.registers(0);
  * console.log(bar0.read32(0x00).toString(16)); // 10000ed
  * ```
  *
@@ -19,41 +22,102 @@
 import { loadSys } from "./ffi/mod.ts";
 import { type OpenedDevice, type OpenOptions, openPciDevice } from "./lib/open.ts";
 
+// Opening devices
 export { loadSys } from "./ffi/mod.ts";
-export * from "./lib/caps.ts";
-export * from "./lib/container.ts";
-export * from "./lib/device.ts";
-export * from "./lib/dma.ts";
-export * from "./lib/errors.ts";
-export * from "./lib/fd.ts";
-export * from "./lib/group.ts";
-export * from "./lib/iommu.ts";
-export * from "./lib/iommufd.ts";
-export * from "./lib/iova_allocator.ts";
-export * from "./lib/irq.ts";
-export * from "./lib/limits.ts";
-export * from "./lib/mmio.ts";
-export * from "./lib/open.ts";
-export * from "./lib/pci.ts";
-export * from "./lib/pci_address.ts";
-export * from "./lib/region.ts";
-export * from "./lib/sys.ts";
-export * from "./lib/sysfs.ts";
+export { type BackendChoice, type OpenedDevice, openIommu, type OpenOptions } from "./lib/open.ts";
+
+// IOMMU backends: the legacy container and iommufd, behind one interface
+export type { DmaAccess, IommuBackend, IovaRange } from "./lib/iommu.ts";
+export {
+  type ContainerOptions,
+  type IommuInfo,
+  type SetIommuOptions,
+  VFIO_CONTAINER_PATH,
+  VfioContainer,
+} from "./lib/container.ts";
+export { type GroupMember, type GroupOpenOptions, type GroupStatus, VfioGroup } from "./lib/group.ts";
+export { IOMMUFD_PATH, IommufdIoas, type IommufdOptions } from "./lib/iommufd.ts";
+
+// Devices, regions, registers, interrupts, configuration space
+export type {
+  DeviceInfo,
+  EnableIrqOptions,
+  HotResetDependent,
+  HotResetOptions,
+  RegistersOptions,
+  VfioDevice,
+} from "./lib/device.ts";
+export type { RegionInfo, RegionMapping, SparseArea, VfioRegion } from "./lib/region.ts";
+export type { MmioPath, Registers } from "./lib/mmio.ts";
+export type { IrqInfo, IrqVectorOptions, IrqVectorRange, IrqWaitOptions, VfioIrq } from "./lib/irq.ts";
+export type {
+  PciBar,
+  PciCapability,
+  PciCommandBits,
+  PciConfig,
+  PciExtendedCapability,
+  PciMsi,
+  PciMsix,
+} from "./lib/pci.ts";
+export { formatPciAddress, parsePciAddress, type PciAddress } from "./lib/pci_address.ts";
+
+// DMA memory
+export {
+  type DmaAllocOptions,
+  type DmaBuffer,
+  DmaPool,
+  type DmaPoolOptions,
+  type DmaViewOptions,
+} from "./lib/dma.ts";
+export { IovaAllocator, type IovaAllocOptions } from "./lib/iova_allocator.ts";
+
+// Errors
+export {
+  DeviceNotBoundError,
+  DeviceNotFoundError,
+  InvalidPciAddressError,
+  UnsupportedError,
+  VfioError,
+  type VfioErrorInit,
+  VfioUnavailableError,
+} from "./lib/errors.ts";
+export { GroupNotViableError } from "./lib/group.ts";
+
+// The syscall seam, for tests and other backends
+export type { RawMmio, Sys } from "./lib/sys.ts";
+
+// The kernel's numbers: the everyday ones by name, all of them under `uapi`
+export {
+  VFIO_PCI_BAR0_REGION_INDEX,
+  VFIO_PCI_BAR5_REGION_INDEX,
+  VFIO_PCI_CONFIG_REGION_INDEX,
+  VFIO_PCI_ERR_IRQ_INDEX,
+  VFIO_PCI_INTX_IRQ_INDEX,
+  VFIO_PCI_MSI_IRQ_INDEX,
+  VFIO_PCI_MSIX_IRQ_INDEX,
+  VFIO_PCI_REQ_IRQ_INDEX,
+  VFIO_PCI_ROM_REGION_INDEX,
+} from "./lib/uapi/vfio.ts";
 export * as uapi from "./lib/uapi/mod.ts";
 
 /**
- * Opens a PCI device bound to vfio-pci with the runtime's libc backend.
+ * Opens a PCI device bound to vfio-pci, with its own IOMMU backend and DMA pool.
  *
  * @param bdf The device's PCI address, e.g. `0000:00:04.0`.
- * @param options Backend choice and DMA limits.
+ * @param options Backend choice and the device's DMA limit.
  * @returns The device with its IOMMU backend and DMA pool; dispose it to close all of them.
- * @throws {VfioError} With the errno and the fix, if any step fails.
+ * @throws {InvalidPciAddressError} If `bdf` is not a PCI address (before anything is opened).
+ * @throws {DeviceNotFoundError} If no PCI device has that address.
+ * @throws {VfioUnavailableError} If the machine has no VFIO.
+ * @throws {DeviceNotBoundError} If the device is bound to another driver: `vfio bind BDF`.
+ * @throws {VfioError} With the errno and the fix, if another step fails.
  *
  * @example
  * ```ts ignore
- * import { open } from "./mod.ts";
- * using vfio = await open("0000:00:04.0");
- * console.log(vfio.device.info());
+ * import { open } from "vfio-ts";
+ *
+ * using edu = await open("0000:00:04.0", { limit: (1n << 28n) - 1n }); // edu DMA is 28-bit
+ * console.log(edu.device.info());
  * ```
  */
 export async function open(bdf: string, options: OpenOptions = {}): Promise<OpenedDevice> {

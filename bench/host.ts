@@ -6,7 +6,7 @@
  *   ioctl, errno read included.
  * - `mmio.mmap.read32` / `write32`: {@link Registers} over an anonymous mapping served by the
  *   backend's fast accessor (`sys.mmio`), as `device.registers(0)` builds it over a BAR.
- * - `mmio.pread.read32` / `write32`: the library's fallback path (`VfioRegion.registers("pread")`)
+ * - `mmio.pread.read32` / `write32`: the library's fallback path (`VfioRegion.registers({ path: "pread" })`)
  *   over a file in /dev/shm standing in for the device fd: the same pread/pwrite of 4 bytes, with
  *   tmpfs doing the access instead of a device.
  * - `*.raw`: the same accesses straight through the `RawMmio` accessor, without `Registers` (its
@@ -102,15 +102,16 @@ const REG = 4; // the register offset every access uses
     msixMappable: false,
     capabilities: [],
   };
-  const region = new VfioRegion(sys, new OwnedFd(sys, fd, path), info, "tmpfs stand-in");
-  const regs = region.registers("pread");
+  const owned = new OwnedFd(sys, fd, path);
+  const region = new VfioRegion(sys, owned, info, "tmpfs stand-in");
+  const regs = region.registers({ path: "pread" });
   if (regs.path !== "pread") {
     throw new Error(`Cannot benchmark the fallback: the registers took ${regs.path}`);
   }
   mmioBenches("mmio.pread", regs);
   rawBenches("mmio.pread", region.kernelIo);
   regs.close();
-  region.fd.close();
+  owned.close();
 }
 
 function mmioBenches(prefix: string, regs: Registers): void {

@@ -10,7 +10,7 @@
  * - `irq.msi.wait.*`: write 0x60 → MSI → eventfd → `irq.wait()` (poll(2) on this thread);
  * - `irq.msi.next.*`: the same, awaited with `irq.next()` (the read runs off the JS thread);
  * - diagnostics: `*.raw` (the accessor, or the ioctls/poll/read with prebuilt buffers, without the
- *   library's layers above them) and `irq.msi.wait0_next.*` (`irq.wait(0, 0) || await irq.next()`).
+ *   library's layers above them) and `irq.msi.wait0_next.*` (`irq.wait({ timeoutMs: 0 }) || await irq.next()`).
  *
  * - `dma.map_unmap_4k.cached_info`: the same with the IOMMU info read once (diagnostic).
  *
@@ -139,15 +139,15 @@ if (part === "edu") {
     await section(`dma.map_unmap_4k${variant}`, () => {
       const page = sys.mmap(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
       if (page < 0n) throw new Error(`Cannot mmap a page (${page})`);
-      const iova = 0x100000n, size = BigInt(PAGE);
+      const iova = 0x100000n, size = PAGE;
       let io: Pick<typeof backend, "mapDma" | "unmapDma"> = backend;
       if (variant === ".raw") {
         // The two ioctls alone, with their structs built once: the floor for the FFI.
         if (!(backend instanceof VfioContainer)) throw new TypeError("expected the legacy container");
         const map = vfio_iommu_type1_dma_map.alloc();
         map.set("flags", VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE);
-        map.set("vaddr", page).set("iova", iova).set("size", size);
-        const unmap = vfio_iommu_type1_dma_unmap.alloc().set("iova", iova).set("size", size);
+        map.set("vaddr", page).set("iova", iova).set("size", BigInt(size));
+        const unmap = vfio_iommu_type1_dma_unmap.alloc().set("iova", iova).set("size", BigInt(size));
         const fd = backend.fd;
         io = {
           mapDma: () => {
@@ -199,7 +199,7 @@ if (part === "edu") {
   await section("irq.msi", async () => {
     using bar = device.registers(0);
     device.config.enableBusMaster();
-    using irq = device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX, 1);
+    using irq = device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX);
     // The lean floor (diagnostic): raw accessor, poll(2) and read(2) on prebuilt buffers.
     const efd = irq.eventfds[0]!;
     const pfd = pollfd.alloc().set("fd", efd).set("events", POLLIN);
@@ -210,7 +210,7 @@ if (part === "edu") {
       ["wait", () => {
         const t0 = performance.now();
         bar.write32(0x60, 1);
-        const n = irq.wait(0, 1000);
+        const n = irq.wait({ timeoutMs: 1000 });
         const dt = performance.now() - t0;
         if (n === 0) throw new Error("no MSI within 1 s");
         bar.write32(0x64, 1);
@@ -219,7 +219,7 @@ if (part === "edu") {
       ["next", async () => {
         const t0 = performance.now();
         bar.write32(0x60, 1);
-        const n = await irq.next(0);
+        const n = await irq.next();
         const dt = performance.now() - t0;
         if (n === 0) throw new Error("the IRQ closed while waiting");
         bar.write32(0x64, 1);
@@ -230,7 +230,7 @@ if (part === "edu") {
       ["wait0_next", async () => {
         const t0 = performance.now();
         bar.write32(0x60, 1);
-        const n = irq.wait(0, 0) || await irq.next(0);
+        const n = irq.wait({ timeoutMs: 0 }) || await irq.next();
         const dt = performance.now() - t0;
         if (n === 0) throw new Error("the IRQ closed while waiting");
         bar.write32(0x64, 1);

@@ -51,7 +51,7 @@ export class BenchQueue implements Disposable {
     this.#sqMem = vfio.dma.alloc(depth * 64);
     this.#cqMem = vfio.dma.alloc(depth * 16);
     this.#data = vfio.dma.alloc(depth * PAGE);
-    this.#sq = this.#sqMem.view(Uint32Array, 0, depth * 16);
+    this.#sq = this.#sqMem.view(Uint32Array, { byteOffset: 0, length: depth * 16 });
     // The completion queue is polled through the backend's native accessor, not a typed array:
     // measured in the lab, Bun's optimising tier stopped seeing new entries through Atomics.load
     // on an Int32Array over this memory after about a second of polling (the load was apparently

@@ -7,12 +7,11 @@
  * eventfd is read off the JavaScript thread, so the event loop stays free.
  *
  * ```sh
- * deno run -A examples/edu.ts [BDF]
+ * deno run --allow-ffi examples/edu.ts [BDF]
  * bun examples/edu.ts [BDF]
  * ```
  *
- * (Deno 2.9 lets a program read /sys, /proc and /dev only with --allow-all; --allow-ffi, which
- * any VFIO program needs, grants as much anyway.)
+ * `--allow-ffi` is the only permission it needs: the library reads sysfs through libc.
  *
  * The device must be bound to vfio-pci first (`vfio bind 0000:00:04.0`). BDF defaults to
  * 0000:00:04.0, where QEMU puts `-device edu,addr=04.0`.
@@ -134,7 +133,7 @@ export class Edu implements Disposable {
       // Without bus mastering the device's DMA reads zeros and its MSI writes go nowhere.
       vfio.device.config.enableBusMaster();
       this.#quiesce();
-      this.irq = vfio.device.enableIrq(uapi.VFIO_PCI_MSI_IRQ_INDEX, 1);
+      this.irq = vfio.device.enableIrq(uapi.VFIO_PCI_MSI_IRQ_INDEX);
     } catch (e) {
       vfio.close();
       throw e;

@@ -3,7 +3,7 @@
  * MSI-X interrupts or polling, and block reads and writes described by PRPs.
  *
  * ```sh
- * deno run --allow-ffi --allow-read --allow-write --allow-env examples/nvme.ts [options] BDF
+ * deno run --allow-ffi examples/nvme.ts [options] BDF
  * bun examples/nvme.ts [options] BDF
  * ```
  *
@@ -225,7 +225,7 @@ class QueuePair {
     readonly bar: Registers,
     doorbellStride: number,
   ) {
-    this.#sq = sqMemory.view(Uint32Array, 0, (depth * SQE_SIZE) / 4);
+    this.#sq = sqMemory.view(Uint32Array, { length: (depth * SQE_SIZE) / 4 });
     this.#cq = cqMemory.volatile;
     this.#free = Array.from({ length: depth - 1 }, (_, i) => depth - 2 - i);
     this.sqDoorbell = REG.DOORBELLS + 2 * id * doorbellStride;
@@ -470,8 +470,8 @@ export class NvmeController implements Disposable {
 
     // 2. Bus mastering (the controller's DMA and MSI-X writes) and interrupts.
     device.config.enableBusMaster();
-    stack.defer(() => device.config.setCommand(0, uapi.PCI_COMMAND_MASTER));
-    if (!options.poll) this.#irq = stack.use(device.enableIrq(uapi.VFIO_PCI_MSIX_IRQ_INDEX, 2));
+    stack.defer(() => device.config.setCommand({ clear: uapi.PCI_COMMAND_MASTER }));
+    if (!options.poll) this.#irq = stack.use(device.enableIrq(uapi.VFIO_PCI_MSIX_IRQ_INDEX, { count: 2 }));
 
     // 3. Reset, admin queue, enable. From here on, disposal shuts the controller down first.
     let t = performance.now();
@@ -524,7 +524,9 @@ export class NvmeController implements Disposable {
    * leaves its interrupt pending on the eventfd; reading the stats collects those too.
    */
   get stats(): { commands: number; interrupts: number } {
-    if (this.#irq && !this.#irq.closed) this.#interrupts += this.#irq.wait(0, 0) + this.#irq.wait(1, 0);
+    if (this.#irq && !this.#irq.closed) {
+      this.#interrupts += this.#irq.wait({ timeoutMs: 0 }) + this.#irq.wait({ vector: 1, timeoutMs: 0 });
+    }
     return { commands: this.#commands, interrupts: this.#interrupts };
   }
 
@@ -660,7 +662,7 @@ export class NvmeController implements Disposable {
       }
       // Both paths check CSTS.CFS every 100 ms or so, not on every spin: an MMIO read traps.
       if (this.#irq) {
-        const n = this.#irq.wait(q.vector, Math.min(Math.ceil(left), 100));
+        const n = this.#irq.wait({ vector: q.vector, timeoutMs: Math.min(Math.ceil(left), 100) });
         this.#interrupts += n;
         if (n > 0) continue;
       } else {
@@ -816,7 +818,7 @@ export class NvmeController implements Disposable {
     const pages = Math.ceil((length - inFirstPage) / PAGE);
     if (pages === 1) return [prp1, second];
     const list = this.#prpLists;
-    const entries = list.view(BigUint64Array, cid * PAGE, pages); // pages <= PRPS_PER_PAGE (maxTransfer)
+    const entries = list.view(BigUint64Array, { byteOffset: cid * PAGE, length: pages }); // pages <= PRPS_PER_PAGE (maxTransfer)
     for (let i = 0; i < pages; i++) entries[i] = second + BigInt(i * PAGE);
     return [prp1, list.iovaAt(cid * PAGE)];
   }

@@ -4,7 +4,7 @@
  * @module
  */
 import { capabilityChain } from "./caps.ts";
-import { VfioError } from "./errors.ts";
+import { UnsupportedError, VfioError, VfioUnavailableError } from "./errors.ts";
 import { openFd, type OwnedFd } from "./fd.ts";
 import type { VfioDevice } from "./device.ts";
 import { VfioGroup } from "./group.ts";
@@ -43,6 +43,9 @@ import {
 /** The container node. */
 export const VFIO_CONTAINER_PATH = "/dev/vfio/vfio";
 
+const VFIO_MISSING = "VFIO is not available on this machine: load it with modprobe vfio-pci " +
+  "(CONFIG_VFIO, CONFIG_VFIO_CONTAINER), and check `vfio doctor`";
+
 /** What VFIO_IOMMU_GET_INFO reports. */
 export interface IommuInfo {
   /** Bitmap of supported IOMMU page sizes. */
@@ -70,11 +73,45 @@ const TYPE_NAMES: Record<number, string> = {
 
 const WHOLE_SPACE: IovaRange[] = [{ start: 0n, last: 0xffffffffffffffffn }];
 
+/** Options for {@link VfioContainer.setIommu}. */
+export interface SetIommuOptions {
+  /** The IOMMU type; default as described in {@link ContainerOptions.iommuType}. */
+  type?: number;
+}
+
+let attach: (container: VfioContainer, group: VfioGroup) => void;
+let detach: (container: VfioContainer, group: VfioGroup) => void;
+
+/**
+ * Tells a container that a group attached to it (VFIO_GROUP_SET_CONTAINER succeeded). Internal to
+ * the library (group.ts calls it): not exported by mod.ts.
+ *
+ * @param container The container.
+ * @param group The group.
+ */
+export function groupAttached(container: VfioContainer, group: VfioGroup): void {
+  attach(container, group);
+}
+
+/**
+ * Tells a container that a group left (unset, or closed with no device left). When the last one
+ * leaves, the kernel drops the IOMMU and every mapping with it. Internal, as {@link groupAttached}.
+ *
+ * @param container The container.
+ * @param group The group.
+ */
+export function groupDetached(container: VfioContainer, group: VfioGroup): void {
+  detach(container, group);
+}
+
 /**
  * A VFIO container. Groups attach to it; once one has, the IOMMU type is set and DMA can be mapped.
  *
  * @example
  * ```ts ignore
+ * import { loadSys, VfioContainer } from "vfio-ts";
+ *
+ * const sys = await loadSys();
  * using container = VfioContainer.open(sys);
  * const device = container.openDevice("0000:00:04.0"); // opens and attaches the group, sets the IOMMU
  * console.log(container.kind, container.iovaRanges());
@@ -100,9 +137,27 @@ export class VfioContainer extends IommuBase {
     release: () => this.#release(),
   };
 
-  private constructor(readonly sys: Sys, fd: OwnedFd, readonly options: ContainerOptions) {
+  static {
+    attach = (c, group) => c.#groups.add(group);
+    detach = (c, group) => {
+      c.#groups.delete(group);
+      for (const [n, g] of c.#ownGroups) if (g === group) c.#ownGroups.delete(n);
+      if (c.#groups.size === 0) {
+        c.#type = undefined;
+        c.#info = undefined;
+        c.forgetMappings();
+      }
+    };
+  }
+
+  readonly #sys: Sys;
+  readonly #options: ContainerOptions;
+
+  private constructor(sys: Sys, fd: OwnedFd, options: ContainerOptions) {
     super();
+    this.#sys = sys;
     this.#fd = fd;
+    this.#options = options;
   }
 
   /**
@@ -111,22 +166,19 @@ export class VfioContainer extends IommuBase {
    * @param sys The syscall backend.
    * @param options The IOMMU type to use, if not the default.
    * @returns The container.
-   * @throws {VfioError} If VFIO is missing or the API version is not VFIO_API_VERSION.
+   * @throws {VfioUnavailableError} If the kernel has no VFIO container, or speaks another API version.
+   * @throws {VfioError} If /dev/vfio/vfio cannot be opened for another reason (EACCES).
    */
   static open(sys: Sys, options: ContainerOptions = {}): VfioContainer {
     const fd = openFd(sys, VFIO_CONTAINER_PATH, O_RDWR | O_CLOEXEC, (code) => {
-      if (code === "ENOENT" || code === "ENODEV") {
-        return "VFIO is not available: modprobe vfio-pci (CONFIG_VFIO, CONFIG_VFIO_CONTAINER)";
-      }
       if (code === "EACCES") return "run as root, or give your user access to /dev/vfio/vfio";
       return undefined;
-    });
+    }, (code) => code === "ENOENT" || code === "ENODEV" ? VFIO_MISSING : undefined);
     try {
       const version = fd.ioctl(VFIO_GET_API_VERSION, 0, "VFIO_GET_API_VERSION", "get the VFIO API version");
       if (version !== VFIO_API_VERSION) {
-        throw new VfioError({
+        throw new VfioUnavailableError({
           op: "VFIO_GET_API_VERSION",
-          errno: 22,
           path: VFIO_CONTAINER_PATH,
           action: `use VFIO API version ${version}`,
           hint: `this library speaks version ${VFIO_API_VERSION}`,
@@ -155,9 +207,10 @@ export class VfioContainer extends IommuBase {
   }
 
   /** The smallest page size VFIO_IOMMU_GET_INFO reports (the CPU page size before the IOMMU is set). */
-  get iommuPageSize(): bigint {
+  get iommuPageSize(): number {
+    this.assertOpen();
     const sizes = this.#type !== undefined && this.translates ? this.#staticInfo().pageSizes : 0n;
-    return sizes === 0n ? BigInt(this.sys.pageSize) : sizes & -sizes;
+    return sizes === 0n ? this.#sys.pageSize : Number(sizes & -sizes);
   }
 
   #alive(): boolean {
@@ -171,6 +224,7 @@ export class VfioContainer extends IommuBase {
    * @returns Whether it is supported.
    */
   checkExtension(extension: number): boolean {
+    this.assertOpen();
     return this.#fd.ioctl(VFIO_CHECK_EXTENSION, extension, "VFIO_CHECK_EXTENSION", "check an extension") > 0;
   }
 
@@ -179,33 +233,15 @@ export class VfioContainer extends IommuBase {
     return this.#groups;
   }
 
-  /** Called by {@link VfioGroup.setContainer}. @internal */
-  groupAttached(group: VfioGroup): void {
-    this.#groups.add(group);
-  }
-
-  /**
-   * Called when a group leaves (unset, or closed with no device left). When the last one leaves,
-   * the kernel drops the IOMMU and every mapping with it. @internal
-   */
-  groupDetached(group: VfioGroup): void {
-    this.#groups.delete(group);
-    for (const [n, g] of this.#ownGroups) if (g === group) this.#ownGroups.delete(n);
-    if (this.#groups.size === 0) {
-      this.#type = undefined;
-      this.#info = undefined;
-      this.forgetMappings();
-    }
-  }
-
   /**
    * Sets the IOMMU type (VFIO_SET_IOMMU). Needs at least one attached group.
    *
-   * @param type The type; default as described in {@link ContainerOptions.iommuType}.
+   * @param options The type; default as described in {@link ContainerOptions.iommuType}.
    * @throws {VfioError} If the kernel refuses (e.g. EPERM without interrupt remapping).
    */
-  setIommu(type: number | undefined = this.options.iommuType): void {
+  setIommu(options: SetIommuOptions = {}): void {
     this.assertOpen();
+    const type = options.type ?? this.#options.iommuType;
     if (this.#type !== undefined) {
       if (type === undefined || type === this.#type) return;
       throw new TypeError(`Cannot set IOMMU type ${type}: the container already uses ${this.kind}`);
@@ -302,17 +338,17 @@ export class VfioContainer extends IommuBase {
   readonly #mapArg = vfio_iommu_type1_dma_map.alloc();
   readonly #unmapArg = vfio_iommu_type1_dma_unmap.alloc();
 
-  #map(vaddr: bigint, iova: bigint, size: bigint, access: DmaAccess): void {
+  #map(vaddr: bigint, iova: bigint, size: number, access: DmaAccess): void {
     const m = this.#mapArg;
     m.set("flags", (access.read ? VFIO_DMA_MAP_FLAG_READ : 0) | (access.write ? VFIO_DMA_MAP_FLAG_WRITE : 0));
-    m.set("vaddr", vaddr).set("iova", iova).set("size", size);
+    m.set("vaddr", vaddr).set("iova", iova).set("size", BigInt(size));
     this.#fd.ioctl(
       VFIO_IOMMU_MAP_DMA,
       m.bytes,
       "VFIO_IOMMU_MAP_DMA",
       () => `map DMA at iova 0x${iova.toString(16)} (size 0x${size.toString(16)})`,
       (code) => {
-        if (code === "ENOMEM" || code === "EAGAIN") return memlockHint(this.sys, size);
+        if (code === "ENOMEM" || code === "EAGAIN") return memlockHint(this.#sys, size);
         if (code === "ENOSPC") {
           return "the container's DMA mapping limit is reached (vfio_iommu_type1 dma_entry_limit, " +
             "default 65535): use fewer, larger mappings";
@@ -324,9 +360,9 @@ export class VfioContainer extends IommuBase {
     );
   }
 
-  #unmap(iova: bigint, size: bigint): void {
+  #unmap(iova: bigint, size: number): void {
     const u = this.#unmapArg;
-    u.set("flags", 0).set("iova", iova).set("size", size);
+    u.set("flags", 0).set("iova", iova).set("size", BigInt(size));
     this.#fd.ioctl(
       VFIO_IOMMU_UNMAP_DMA,
       u.bytes,
@@ -349,9 +385,8 @@ export class VfioContainer extends IommuBase {
     if (this.#type === undefined) throw new TypeError(`Cannot ${action}: set the IOMMU type first`);
     if (!this.translates) {
       // No ioctl failed: the container runs VFIO_NOIOMMU_IOMMU, which has no DMA ioctls to call.
-      throw new VfioError({
-        op: "VFIO_NOIOMMU_IOMMU",
-        errno: 22,
+      throw new UnsupportedError({
+        op: "VFIO_IOMMU_MAP_DMA",
         path: this.path,
         action,
         hint: "no-IOMMU mode has no IOMMU translation to program: the device sees physical addresses",
@@ -366,20 +401,21 @@ export class VfioContainer extends IommuBase {
    * @param iova Device address, page-aligned.
    * @param size Bytes, page-aligned.
    * @param access Device read/write rights.
-   * @throws {VfioError} In no-IOMMU mode, or when the kernel refuses.
+   * @throws {UnsupportedError} In no-IOMMU mode.
+   * @throws {VfioError} When the kernel refuses.
    */
-  override mapDma(vaddr: bigint, iova: bigint, size: bigint, access?: DmaAccess): void {
+  override mapDma(vaddr: bigint, iova: bigint, size: number, access?: DmaAccess): void {
     this.assertOpen();
     this.#requireIommu(`map DMA at iova 0x${iova.toString(16)}`);
     super.mapDma(vaddr, iova, size, access);
   }
 
   #openDevice(bdf: string): VfioDevice {
-    const number = iommuGroupOf(this.sys, bdf);
+    const number = iommuGroupOf(this.#sys, bdf);
     let group = this.#ownGroups.get(number) ?? [...this.#groups].find((g) => g.group === number);
     let opened = false;
     if (!group) {
-      group = VfioGroup.open(this.sys, number, bdf);
+      group = VfioGroup.open(this.#sys, number, { device: bdf });
       opened = true;
     }
     try {

@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { runAll, VfioError } from "./errors.ts";
+import { runAll, UnsupportedError, VfioError } from "./errors.ts";
 import type { OwnedFd } from "./fd.ts";
 import { type IrqInfo, readIrqInfo, VfioIrq } from "./irq.ts";
 import type { Registers } from "./mmio.ts";
@@ -26,6 +26,9 @@ import {
   vfio_pci_hot_reset,
   VFIO_PCI_HOT_RESET_FLAG_DEV_ID,
   vfio_pci_hot_reset_info,
+  VFIO_PCI_INTX_IRQ_INDEX,
+  VFIO_PCI_MSI_IRQ_INDEX,
+  VFIO_PCI_MSIX_IRQ_INDEX,
 } from "./uapi/vfio.ts";
 
 /** What VFIO_DEVICE_GET_INFO reports. */
@@ -52,7 +55,7 @@ export interface HotResetDependent {
   devid: boolean;
 }
 
-/** Options for {@link VfioDevice.registers}. */
+/** Options for {@link VfioDevice.registers} and {@link VfioRegion.registers}. */
 export interface RegistersOptions {
   /**
    * `"auto"` (default) uses the mmap fast path where the region and backend allow it;
@@ -62,16 +65,56 @@ export interface RegistersOptions {
   path?: "auto" | "pread";
 }
 
+/** Options for {@link VfioDevice.enableIrq}. */
+export interface EnableIrqOptions {
+  /** How many vectors to enable, from vector 0 (default 1). */
+  count?: number;
+}
+
+/** Options for {@link VfioDevice.hotReset}. */
+export interface HotResetOptions {
+  /**
+   * With the legacy backend, the fds of every group in {@link VfioDevice.hotResetInfo} (default:
+   * the groups of the device's container). With iommufd (cdev), none: the kernel checks that the
+   * iommufd owns every affected device.
+   */
+  groupFds?: readonly number[];
+}
+
+// vfio-pci drives one of these at a time (vfio_pci_set_irqs_ioctl answers EINVAL otherwise).
+const INTERRUPT_TYPES: Record<number, string> = {
+  [VFIO_PCI_INTX_IRQ_INDEX]: "INTx",
+  [VFIO_PCI_MSI_IRQ_INDEX]: "MSI",
+  [VFIO_PCI_MSIX_IRQ_INDEX]: "MSI-X",
+};
+
+let registerCloseHook: (device: VfioDevice, fn: () => void) => void;
+
+/**
+ * Registers teardown to run after a device's fd closes (its owners use it to forget the device).
+ * Internal to the library: not exported by mod.ts.
+ *
+ * @param device The device.
+ * @param fn The teardown.
+ */
+export function onDeviceClose(device: VfioDevice, fn: () => void): void {
+  registerCloseHook(device, fn);
+}
+
 /**
  * An open VFIO device.
  *
  * Closing it closes, in reverse order of setup, its interrupts, its register mappings and its fd;
  * views and accessors made from it then throw instead of touching freed memory.
  *
+ * Made by an IOMMU backend's `openDevice`, or by {@link open}.
+ *
  * @example
  * ```ts ignore
- * using device = container.openDevice("0000:00:04.0");
- * using bar0 = device.registers(0);
+ * import { open } from "vfio-ts";
+ *
+ * using edu = await open("0000:00:04.0");
+ * using bar0 = edu.device.registers(0);
  * console.log(bar0.read32(0).toString(16));
  * ```
  */
@@ -83,6 +126,10 @@ export class VfioDevice implements Disposable {
   #info: DeviceInfo | undefined;
   #config: PciConfig | undefined;
   readonly #hotResetGroupFds: () => number[];
+
+  static {
+    registerCloseHook = (device, fn) => device.#onClose.push(fn);
+  }
 
   /**
    * Wraps a device fd (from a group, or a bound cdev).
@@ -106,11 +153,6 @@ export class VfioDevice implements Disposable {
   /** The device fd. @throws {TypeError} If closed. */
   get fd(): number {
     return this.#fd.fd;
-  }
-
-  /** The owned fd, for the IOMMU backends. @internal */
-  get ownedFd(): OwnedFd {
-    return this.#fd;
   }
 
   /** Whether {@link close} has run. */
@@ -175,10 +217,10 @@ export class VfioDevice implements Disposable {
    * @param index The region index (0–5 for BARs).
    * @param options Which access path to use.
    * @returns The registers; closed with the device.
+   * @throws {RangeError} If the index is out of range or the region is not implemented.
    */
   registers(index: number, options: RegistersOptions = {}): Registers {
-    const forced = this.sys.getenv("VFIO_TS_MMIO") === "pread";
-    return this.region(index).registers(forced ? "pread" : options.path ?? "auto");
+    return this.region(index).registers(options);
   }
 
   /** PCI configuration space (the config region), read and written through the kernel. */
@@ -206,11 +248,36 @@ export class VfioDevice implements Disposable {
    * Enables vectors of an IRQ index, each signalling an eventfd.
    *
    * @param index The IRQ index (VFIO_PCI_INTX_IRQ_INDEX, _MSI_, _MSIX_ …).
-   * @param count How many vectors, from 0.
+   * @param options How many vectors.
    * @returns The enabled IRQ; closing it disables the index.
+   * @throws {RangeError} If the index or count is out of range (before any ioctl).
+   * @throws {VfioError} If the kernel refuses.
    */
-  enableIrq(index: number, count = 1): VfioIrq {
-    const irq = new VfioIrq(this.sys, this.#fd, this.irqInfo(index), count, () => this.#irqs.delete(irq));
+  enableIrq(index: number, options: EnableIrqOptions = {}): VfioIrq {
+    const count = options.count ?? 1;
+    if (!Number.isSafeInteger(count) || count < 1) {
+      throw new RangeError(
+        `Cannot enable ${count} vectors of IRQ index ${index}: count must be a positive integer`,
+      );
+    }
+    const info = this.irqInfo(index);
+    for (const live of this.#irqs) {
+      if (live.index === index) {
+        throw new TypeError(
+          `Cannot enable IRQ index ${index} of ${this.name}: it is already enabled; close the first VfioIrq ` +
+            "or keep using it (a second set of eventfds would replace the first)",
+        );
+      }
+      if (INTERRUPT_TYPES[index] && INTERRUPT_TYPES[live.index]) {
+        throw new TypeError(
+          `Cannot enable ${INTERRUPT_TYPES[index]} on ${this.name}: ${
+            INTERRUPT_TYPES[live.index]
+          } is active, ` +
+            "and vfio-pci allows one interrupt type at a time; close it first",
+        );
+      }
+    }
+    const irq = new VfioIrq(this.sys, this.#fd, info, count, () => this.#irqs.delete(irq));
     this.#irqs.add(irq);
     return irq;
   }
@@ -218,13 +285,13 @@ export class VfioDevice implements Disposable {
   /**
    * Resets the device (VFIO_DEVICE_RESET). Interrupt setup is cleared; call {@link VfioIrq.rearm}.
    *
-   * @throws {VfioError} If the device has no reset method or the reset fails.
+   * @throws {UnsupportedError} If the device reports no reset method (no ioctl is made).
+   * @throws {VfioError} If the reset fails.
    */
   reset(): void {
     if (!this.info().reset) {
-      throw new VfioError({
+      throw new UnsupportedError({
         op: "VFIO_DEVICE_RESET",
-        errno: 25,
         path: this.#fd.path,
         action: `reset ${this.name}`,
         hint: "the device has no function-level reset method (FLR, PM or bus reset); try hotReset()",
@@ -280,12 +347,11 @@ export class VfioDevice implements Disposable {
   /**
    * Hot resets the bus or slot (VFIO_DEVICE_PCI_HOT_RESET).
    *
-   * @param groupFds With the legacy backend, the fds of every group in {@link hotResetInfo}
-   *   (default: the groups of the device's container); with iommufd (cdev), none: the kernel checks
-   *   that the iommufd owns every affected device.
+   * @param options Which group fds prove ownership (legacy backend).
    * @throws {VfioError} If the kernel refuses (EPERM: an affected device is not owned).
    */
-  hotReset(groupFds: readonly number[] = this.#hotResetGroupFds()): void {
+  hotReset(options: HotResetOptions = {}): void {
+    const groupFds = options.groupFds ?? this.#hotResetGroupFds();
     const s = vfio_pci_hot_reset.alloc(4 * groupFds.length);
     s.set("count", groupFds.length);
     groupFds.forEach((fd, i) => s.view.setInt32(vfio_pci_hot_reset.size + 4 * i, fd, true));
@@ -324,15 +390,6 @@ export class VfioDevice implements Disposable {
       if (e instanceof VfioError && ["ENOTTY", "EINVAL", "EOPNOTSUPP"].includes(e.code)) return false;
       throw e;
     }
-  }
-
-  /**
-   * Registers teardown to run after the device fd closes (owners use it to forget the device).
-   *
-   * @param fn The teardown.
-   */
-  onClose(fn: () => void): void {
-    this.#onClose.push(fn);
   }
 
   /** Closes interrupts, register mappings and the fd, in that order. Idempotent. */

@@ -5,8 +5,8 @@
  * @module
  */
 import { check } from "./errors.ts";
-import type { DmaAccess, IommuBackend } from "./iommu.ts";
-import { alignUp, IovaAllocator } from "./iova_allocator.ts";
+import { type DmaAccess, type IommuBackend, onBackendClose } from "./iommu.ts";
+import { alignUp, IovaAllocator, isPowerOfTwo } from "./iova_allocator.ts";
 import {
   MAP_ANONYMOUS,
   MAP_HUGE_SHIFT,
@@ -31,16 +31,30 @@ export interface DmaPoolOptions {
   limit?: bigint;
 }
 
+/** Options for {@link DmaBuffer.view}. */
+export interface DmaViewOptions {
+  /** Where the view starts, in bytes (default 0). */
+  byteOffset?: number;
+  /** Elements (default: to the end of the buffer). */
+  length?: number;
+}
+
 /**
  * A DMA buffer: process memory mapped at an IOVA. Its views ({@link bytes}, {@link view}) detach
  * when the buffer is freed, so a stale view reads as empty instead of touching unmapped memory.
+ * Made by {@link DmaPool.alloc}.
  */
 export class DmaBuffer implements Disposable {
   #buffer: ArrayBuffer;
   #free: (() => void) | undefined;
 
   /**
-   * Made by {@link DmaPool.alloc}. @internal
+   * @param iova The device-visible address.
+   * @param vaddr The process address.
+   * @param size The size in bytes.
+   * @param buffer The memory.
+   * @param free Unmaps and frees it.
+   * @param volatile Single-access loads and stores into it.
    */
   constructor(
     /** The device-visible address. */
@@ -79,19 +93,21 @@ export class DmaBuffer implements Disposable {
    * A typed view of the memory.
    *
    * @param type A typed-array constructor, e.g. Uint32Array.
-   * @param byteOffset Where the view starts.
-   * @param length Elements (default: to the end).
+   * @param options Where the view starts and how many elements it has.
    * @returns The view; it detaches when the buffer is freed.
-   * @throws {RangeError} If the view would extend past the buffer.
+   * @throws {RangeError} If the view would extend past the buffer or is misaligned.
    */
   view<T>(
     type: { new (b: ArrayBuffer, o: number, l: number): T; BYTES_PER_ELEMENT: number },
-    byteOffset = 0,
-    length?: number,
+    options: DmaViewOptions = {},
   ): T {
     const b = this.#live();
-    const n = length ?? Math.floor((b.byteLength - byteOffset) / type.BYTES_PER_ELEMENT);
-    if (byteOffset < 0 || n < 0 || byteOffset + n * type.BYTES_PER_ELEMENT > b.byteLength) {
+    const byteOffset = options.byteOffset ?? 0;
+    const n = options.length ?? Math.floor((b.byteLength - byteOffset) / type.BYTES_PER_ELEMENT);
+    if (
+      !Number.isSafeInteger(byteOffset) || !Number.isSafeInteger(n) || byteOffset < 0 || n < 0 ||
+      byteOffset % type.BYTES_PER_ELEMENT !== 0 || byteOffset + n * type.BYTES_PER_ELEMENT > b.byteLength
+    ) {
       throw new RangeError(`Cannot view ${n} elements at ${byteOffset} of a ${b.byteLength}-byte DMA buffer`);
     }
     return new type(b, byteOffset, n);
@@ -105,6 +121,7 @@ export class DmaBuffer implements Disposable {
    * @throws {RangeError} If the offset is outside the buffer.
    */
   iovaAt(offset: number): bigint {
+    this.#live();
     if (!Number.isInteger(offset) || offset < 0 || offset >= this.size) {
       throw new RangeError(`Cannot take offset ${offset} of a ${this.size}-byte DMA buffer`);
     }
@@ -133,16 +150,25 @@ export class DmaBuffer implements Disposable {
   }
 }
 
+// The largest single buffer: 64 GiB, far above any device's need, and below what the bookkeeping
+// in numbers (the library's rule for sizes) can carry.
+const MAX_DMA_ALLOC = 2 ** 36;
+
 /**
  * Allocates DMA buffers in one IOMMU address space. The pool frees its buffers when it, or the
  * backend, closes.
  *
  * @example
  * ```ts ignore
+ * import { DmaPool, loadSys, openIommu } from "vfio-ts";
+ *
+ * const sys = await loadSys();
+ * using backend = openIommu(sys);
+ * const device = backend.openDevice("0000:00:04.0");
  * using pool = new DmaPool(sys, backend, { limit: (1n << 28n) - 1n });
  * using buf = pool.alloc(4096);
  * buf.bytes.fill(0xab);
- * bar0.write64(0x80, buf.iova); // hand the IOVA to the device
+ * device.registers(0).write64(0x80, buf.iova); // hand the IOVA to the device
  * ```
  */
 export class DmaPool implements Disposable {
@@ -160,8 +186,12 @@ export class DmaPool implements Disposable {
    * @param options Device addressing limits.
    */
   constructor(readonly sys: Sys, readonly backend: IommuBackend, readonly options: DmaPoolOptions = {}) {
+    const limit = options.limit;
+    if (limit !== undefined && (typeof limit !== "bigint" || limit < BigInt(backend.iommuPageSize))) {
+      throw new RangeError(`Cannot create a DMA pool below IOVA ${limit}: the limit leaves no page to map`);
+    }
     this.#allocator = new IovaAllocator(backend.iovaRanges(), backend.iommuPageSize);
-    this.#forget = backend.onClose(() => this.close());
+    this.#forget = onBackendClose(backend, () => this.close());
   }
 
   /** The IOVA allocator, for inspection. */
@@ -180,14 +210,21 @@ export class DmaPool implements Disposable {
    */
   alloc(size: number, options: DmaAllocOptions = {}): DmaBuffer {
     if (this.#closed) throw new TypeError("Cannot allocate DMA memory: the pool is closed");
-    if (!Number.isInteger(size) || size <= 0 || size > 2 ** 40) {
-      throw new RangeError(`Cannot allocate ${size} bytes of DMA memory: size must be a positive integer`);
+    if (!Number.isSafeInteger(size) || size <= 0 || size > MAX_DMA_ALLOC) {
+      throw new RangeError(
+        `Cannot allocate ${size} bytes of DMA memory: size must be a positive integer up to ${MAX_DMA_ALLOC}`,
+      );
     }
     const huge = options.hugepageSize;
-    if (huge !== undefined && (huge < this.sys.pageSize || (huge & (huge - 1)) !== 0)) {
-      throw new RangeError(`Cannot use hugepage size ${huge}: it must be a power of two above the page size`);
+    if (huge !== undefined && (!isPowerOfTwo(huge) || huge <= this.sys.pageSize || huge > 2 ** 30)) {
+      throw new RangeError(
+        `Cannot use hugepage size ${huge}: it must be a power of two above the page size, up to 1 GiB`,
+      );
     }
-    const unit = BigInt(Math.max(huge ?? this.sys.pageSize, Number(this.backend.iommuPageSize)));
+    if ((options.read ?? true) === false && (options.write ?? true) === false) {
+      throw new RangeError("Cannot allocate DMA memory with no device access: allow read, write or both");
+    }
+    const unit = BigInt(Math.max(huge ?? this.sys.pageSize, this.backend.iommuPageSize));
     const length = Number(alignUp(BigInt(size), unit));
     const flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE |
       (huge ? MAP_HUGETLB | (Math.log2(huge) << MAP_HUGE_SHIFT) : 0);
@@ -204,13 +241,13 @@ export class DmaPool implements Disposable {
     }
     let iova: bigint | undefined;
     try {
-      iova = this.#allocator.alloc(BigInt(length), {
-        align: unit,
+      iova = this.#allocator.alloc(length, {
+        align: Number(unit),
         ...(this.options.limit !== undefined ? { limit: this.options.limit } : {}),
       });
-      this.backend.mapDma(vaddr, iova, BigInt(length), options);
+      this.backend.mapDma(vaddr, iova, length, options);
     } catch (e) {
-      if (iova !== undefined) this.#allocator.free(iova, BigInt(length));
+      if (iova !== undefined) this.#allocator.free(iova, length);
       this.sys.munmap(vaddr, length);
       throw e;
     }
@@ -226,12 +263,12 @@ export class DmaPool implements Disposable {
     const buf: DmaBuffer = new DmaBuffer(at, vaddr, length, memory, () => {
       this.#buffers.delete(buf);
       // The mapping is gone already when the backend closed or its last group left.
-      if (!this.backend.closed && this.backend.mappings.get(at) === BigInt(length)) {
+      if (!this.backend.closed && this.backend.mappings.get(at) === length) {
         // If this throws, the IOVA stays allocated and the pages stay mapped: the device may still
         // reach them, so neither may be reused.
-        this.backend.unmapDma(at, BigInt(length));
+        this.backend.unmapDma(at, length);
       }
-      this.#allocator.free(at, BigInt(length));
+      this.#allocator.free(at, length);
       check(this.sys.munmap(vaddr, length), { op: "munmap", action: "free DMA memory" });
     }, volatile);
     this.#buffers.add(buf);

@@ -1,19 +1,28 @@
 /**
- * The library's one error class for failed syscalls, carrying the errno and the fix.
+ * The library's errors: one hierarchy under {@link VfioError}, for conditions a caller is meant to
+ * catch.
  *
- * Misuse (a bad index, an offset out of range, use after close) is a TypeError or RangeError;
- * {@link VfioError} is for conditions the caller is meant to catch: the kernel said no.
+ * - A syscall the kernel refused is a plain {@link VfioError}: `errno` is what the kernel returned
+ *   and `code` its name (`"EBUSY"`).
+ * - A condition the library itself detects has its own subclass and a `code` of the form
+ *   `"ERR_VFIO_…"`; `errno` is set only when a syscall really failed on the way (e.g. the ENOENT of
+ *   opening /dev/vfio/vfio on a machine without VFIO). The library never invents an errno.
+ *
+ * Misuse (a bad index, an offset out of range, use after close) is a TypeError or RangeError, as in
+ * Deno std.
  *
  * @module
  */
-import { ERRNO, ERRNO_NAMES } from "./uapi/libc.ts";
+import { ERRNO_NAMES } from "./uapi/libc.ts";
 
 /** What a {@link VfioError} is built from. */
 export interface VfioErrorInit {
   /** The operation, e.g. `"VFIO_IOMMU_MAP_DMA"` or `"open"`. */
   op: string;
-  /** The positive errno value. */
-  errno: number;
+  /** The positive errno the kernel returned; omitted when no syscall failed. */
+  errno?: number | undefined;
+  /** The library's own code, for a condition no errno describes (subclasses set it). */
+  code?: string | undefined;
   /** The file the operation was on, when there is one. */
   path?: string | undefined;
   /** What the operation was for, e.g. `"map DMA at iova 0x100000"`. */
@@ -23,25 +32,27 @@ export interface VfioErrorInit {
 }
 
 /**
- * A syscall or ioctl that failed. The message names the action, the errno, the path and the fix:
+ * A VFIO operation that failed. The message reads as a sentence with the fix:
  * "Cannot set IOMMU type 3 on /dev/vfio/vfio (VFIO_SET_IOMMU: EPERM): …".
  *
  * @example Catching a busy group
- * ```ts ignore
- * import { VfioError } from "./errors.ts";
+ * ```ts
+ * import { open, VfioError } from "@vfio-ts/vfio";
+ *
  * try {
- *   // ... open a group
+ *   using device = await open("0000:00:04.0");
  * } catch (e) {
- *   if (e instanceof VfioError && e.code === "EBUSY") console.log(e.hint);
+ *   if (e instanceof VfioError && e.code === "EBUSY") console.error(e.hint);
+ *   else throw e;
  * }
  * ```
  */
 export class VfioError extends Error {
-  /** The operation that failed. */
+  /** The operation that failed, e.g. `"VFIO_GROUP_GET_STATUS"` or `"open"`. */
   readonly op: string;
-  /** The positive errno value. */
-  readonly errno: number;
-  /** The errno's name, e.g. `"EBUSY"`, or `"E<n>"` for an unnamed one. */
+  /** The errno the kernel returned, or undefined when the library refused on its own. */
+  readonly errno: number | undefined;
+  /** The errno's name (`"EBUSY"`), or the library's code (`"ERR_VFIO_DEVICE_NOT_FOUND"`). */
   readonly code: string;
   /** The file involved, if any. */
   readonly path: string | undefined;
@@ -51,21 +62,116 @@ export class VfioError extends Error {
   /**
    * Builds the error and its message from the failed operation.
    *
-   * @param init The operation, errno, path, action and hint.
+   * @param init The operation, errno or code, path, action and hint.
    */
   constructor(init: VfioErrorInit) {
-    const code = errnoName(init.errno);
-    const where = init.path ? ` on ${init.path}` : "";
+    const code = init.code ?? (init.errno === undefined ? "ERR_VFIO" : errnoName(init.errno));
     const what = init.action ?? `run ${init.op}`;
-    super(
-      `Cannot ${what}${where} (${init.op}: ${code})${init.hint ? `: ${init.hint}` : ""}`,
-    );
+    const where = init.path && !what.includes(init.path) ? ` on ${init.path}` : "";
+    const why = init.errno === undefined ? "" : ` (${init.op}: ${errnoName(init.errno)})`;
+    super(`Cannot ${what}${where}${why}${init.hint ? `: ${init.hint}` : ""}`);
     this.name = "VfioError";
     this.op = init.op;
     this.errno = init.errno;
     this.code = code;
     this.path = init.path;
     this.hint = init.hint;
+  }
+}
+
+/**
+ * The machine has no usable VFIO: /dev/vfio/vfio (legacy) or /dev/iommu (iommufd) is missing, or
+ * the kernel speaks another VFIO API version. `code` is `"ERR_VFIO_UNAVAILABLE"`.
+ */
+export class VfioUnavailableError extends VfioError {
+  /**
+   * @param init What failed; `code` is set by the class.
+   */
+  constructor(init: Omit<VfioErrorInit, "code">) {
+    super({ ...init, code: "ERR_VFIO_UNAVAILABLE" });
+    this.name = "VfioUnavailableError";
+  }
+}
+
+/** No PCI device has this address. `code` is `"ERR_VFIO_DEVICE_NOT_FOUND"`. */
+export class DeviceNotFoundError extends VfioError {
+  /** The device's canonical PCI address. */
+  readonly bdf: string;
+
+  /**
+   * @param bdf The canonical address that was looked up.
+   * @param init The lookup that failed; `code` and `hint` are set by the class.
+   */
+  constructor(bdf: string, init: Omit<VfioErrorInit, "code" | "hint">) {
+    super({
+      ...init,
+      code: "ERR_VFIO_DEVICE_NOT_FOUND",
+      hint: `no PCI device ${bdf}: see lspci or \`vfio list\``,
+    });
+    this.name = "DeviceNotFoundError";
+    this.bdf = bdf;
+  }
+}
+
+/**
+ * The device exists but is bound to another driver (or none), not vfio-pci.
+ * `code` is `"ERR_VFIO_DEVICE_NOT_BOUND"`.
+ */
+export class DeviceNotBoundError extends VfioError {
+  /** The device's canonical PCI address. */
+  readonly bdf: string;
+  /** The driver it is bound to, or undefined when it has none. */
+  readonly driver: string | undefined;
+
+  /**
+   * @param bdf The device.
+   * @param driver Its current driver.
+   * @param init The operation that needed vfio-pci; `code` and `hint` are set by the class.
+   */
+  constructor(bdf: string, driver: string | undefined, init: Omit<VfioErrorInit, "code" | "hint">) {
+    super({
+      ...init,
+      code: "ERR_VFIO_DEVICE_NOT_BOUND",
+      hint: `${bdf} is bound to ${driver ?? "no driver"}, not vfio-pci: run \`vfio bind ${bdf}\``,
+    });
+    this.name = "DeviceNotBoundError";
+    this.bdf = bdf;
+    this.driver = driver;
+  }
+}
+
+/** The text is not a PCI address. `code` is `"ERR_VFIO_INVALID_PCI_ADDRESS"`. */
+export class InvalidPciAddressError extends VfioError {
+  /** The text that was given. */
+  readonly input: string;
+
+  /**
+   * @param input The text that failed to parse.
+   */
+  constructor(input: string) {
+    super({
+      op: "parse",
+      code: "ERR_VFIO_INVALID_PCI_ADDRESS",
+      action: `parse PCI address ${JSON.stringify(input)}`,
+      hint: "expected DDDD:BB:DD.F in hex, e.g. 0000:00:04.0",
+    });
+    this.name = "InvalidPciAddressError";
+    this.input = input;
+  }
+}
+
+/**
+ * The kernel or the device does not support what was asked: a reset on a device with no reset
+ * method, DMA mapping in no-IOMMU mode, a feature of a newer kernel.
+ * `code` is `"ERR_VFIO_UNSUPPORTED"`.
+ */
+export class UnsupportedError extends VfioError {
+  /**
+   * @param init What was asked; `code` is set by the class.
+   */
+  constructor(init: Omit<VfioErrorInit, "code">) {
+    super({ ...init, code: "ERR_VFIO_UNSUPPORTED" });
+    this.name = "UnsupportedError";
   }
 }
 
@@ -80,19 +186,6 @@ export function errnoName(errno: number): string {
 }
 
 /**
- * Looks an errno up by name.
- *
- * @param name An errno name such as `"EBUSY"`.
- * @returns Its number.
- * @throws {RangeError} If the name is unknown.
- */
-export function errno(name: string): number {
-  const n = ERRNO[name];
-  if (n === undefined) throw new RangeError(`Cannot find errno ${name}`);
-  return n;
-}
-
-/**
  * Checks a {@link Sys} result: returns it when non-negative, otherwise throws a {@link VfioError}.
  *
  * @param ret The syscall's return value (negative errno on failure).
@@ -102,7 +195,9 @@ export function errno(name: string): number {
  */
 export function check(
   ret: number,
-  init: Omit<VfioErrorInit, "errno"> & { hints?: ((code: string) => string | undefined) | undefined },
+  init: Omit<VfioErrorInit, "errno" | "code"> & {
+    hints?: ((code: string) => string | undefined) | undefined;
+  },
 ): number {
   if (ret >= 0) return ret;
   const code = errnoName(-ret);

@@ -4,7 +4,7 @@
  * @module
  */
 import type { Sys } from "./sys.ts";
-import { check } from "./errors.ts";
+import { check, errnoName, VfioUnavailableError } from "./errors.ts";
 
 /** A file descriptor that one object owns. Closing is idempotent; use after close throws. */
 export class OwnedFd {
@@ -88,15 +88,26 @@ export class OwnedFd {
  * @param path The file to open.
  * @param flags open(2) flags.
  * @param hints Picks a fix from the errno name.
+ * @param unavailable For a node whose absence means the kernel lacks the feature: picks, from the
+ *   errno name, the hint of a {@link VfioUnavailableError} to throw instead of a plain VfioError.
  * @returns The owned descriptor.
- * @throws {VfioError} If open(2) fails.
+ * @throws {VfioUnavailableError} When `unavailable` names the failure.
+ * @throws {VfioError} If open(2) fails otherwise.
  */
 export function openFd(
   sys: Sys,
   path: string,
   flags: number,
   hints?: (code: string) => string | undefined,
+  unavailable?: (code: string) => string | undefined,
 ): OwnedFd {
-  const fd = check(sys.open(path, flags), { op: "open", path, action: "open", hints });
+  const fd = sys.open(path, flags);
+  if (fd < 0 && unavailable) {
+    const hint = unavailable(errnoName(-fd));
+    if (hint !== undefined) {
+      throw new VfioUnavailableError({ op: "open", errno: -fd, path, action: `open ${path}`, hint });
+    }
+  }
+  check(fd, { op: "open", path, action: `open ${path}`, hints });
   return new OwnedFd(sys, fd, path);
 }

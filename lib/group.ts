@@ -18,8 +18,9 @@ import {
   vfio_group_status,
   VFIO_GROUP_UNSET_CONTAINER,
 } from "./uapi/vfio.ts";
-import { VfioDevice } from "./device.ts";
-import type { VfioContainer } from "./container.ts";
+import { onDeviceClose, VfioDevice } from "./device.ts";
+import { groupAttached, groupDetached, type VfioContainer } from "./container.ts";
+import { fileHolders } from "./proc.ts";
 
 /** A device in a group that keeps the group from being viable. */
 export interface GroupMember {
@@ -29,8 +30,31 @@ export interface GroupMember {
   driver: string | undefined;
 }
 
-/** The group cannot be used: a device in it is bound to a driver other than vfio-pci. */
+/** What {@link VfioGroup.status} reports. */
+export interface GroupStatus {
+  /** Every device in the group is bound to vfio-pci or to no driver. */
+  viable: boolean;
+  /** The group is attached to a container. */
+  containerSet: boolean;
+}
+
+/** Options for {@link VfioGroup.open}. */
+export interface GroupOpenOptions {
+  /** The device the group is opened for, named in errors. */
+  device?: string;
+}
+
+/**
+ * The group cannot be used: a device in it is bound to a driver other than vfio-pci.
+ * `code` is `"ERR_VFIO_GROUP_NOT_VIABLE"`; no syscall failed (the library checked
+ * VFIO_GROUP_GET_STATUS before VFIO_GROUP_SET_CONTAINER would answer EPERM).
+ */
 export class GroupNotViableError extends VfioError {
+  /** The group number. */
+  readonly group: number;
+  /** The devices bound to other drivers. */
+  readonly blockers: GroupMember[];
+
   /**
    * Names the group and the devices that keep it from being viable.
    *
@@ -38,10 +62,10 @@ export class GroupNotViableError extends VfioError {
    * @param path The group node.
    * @param blockers The devices bound to other drivers.
    */
-  constructor(readonly group: number, path: string, readonly blockers: GroupMember[]) {
+  constructor(group: number, path: string, blockers: GroupMember[]) {
     super({
       op: "VFIO_GROUP_GET_STATUS",
-      errno: 1, // EPERM: what VFIO_GROUP_SET_CONTAINER answers for such a group
+      code: "ERR_VFIO_GROUP_NOT_VIABLE",
       path,
       action: `use IOMMU group ${group}, which is not viable`,
       hint: blockers.length
@@ -51,14 +75,20 @@ export class GroupNotViableError extends VfioError {
         : "a device in the group is bound to a driver other than vfio-pci",
     });
     this.name = "GroupNotViableError";
+    this.group = group;
+    this.blockers = blockers;
   }
 }
 
-const groupHints = (group: number) => (code: string) => {
+const groupHints = (sys: Sys, group: number, path: string) => (code: string) => {
   switch (code) {
-    case "EBUSY":
-      return `group ${group} is already open in another process (QEMU, another driver) or in this one; ` +
-        "close the other user first";
+    case "EBUSY": {
+      const holders = fileHolders(sys, path);
+      const who = holders.length
+        ? holders.map((h) => `${h.comm} (pid ${h.pid})`).join(", ")
+        : "another process (QEMU, another driver), or this one";
+      return `group ${group} is already open in ${who}; close it there first`;
+    }
     case "EACCES":
     case "EPERM":
       return `no permission on /dev/vfio/${group}: run as root, or give your user the group node ` +
@@ -78,6 +108,9 @@ const groupHints = (group: number) => (code: string) => {
  *
  * @example
  * ```ts ignore
+ * import { loadSys, VfioGroup } from "vfio-ts";
+ *
+ * const sys = await loadSys();
  * using group = VfioGroup.forDevice(sys, "0000:00:04.0");
  * console.log(group.status()); // { viable: true, containerSet: false }
  * ```
@@ -87,14 +120,17 @@ export class VfioGroup implements Disposable {
   #container: VfioContainer | undefined;
   readonly #devices = new Set<VfioDevice>();
 
+  readonly #sys: Sys;
+
   private constructor(
-    readonly sys: Sys,
+    sys: Sys,
     /** The IOMMU group number. */
     readonly group: number,
     fd: OwnedFd,
     /** Whether this is a no-IOMMU group (`/dev/vfio/noiommu-N`). */
     readonly noiommu: boolean,
   ) {
+    this.#sys = sys;
     this.#fd = fd;
   }
 
@@ -103,16 +139,19 @@ export class VfioGroup implements Disposable {
    *
    * @param sys The syscall backend.
    * @param group The IOMMU group number.
-   * @param bdf The device the group is opened for, named in errors.
+   * @param options The device the group is opened for, named in errors.
    * @returns The open group.
-   * @throws {VfioError} If the group node is missing, busy or not permitted.
+   * @throws {RangeError} If `group` is not a group number (before any file is touched).
+   * @throws {DeviceNotBoundError} If the group node is missing because no device is bound to vfio-pci.
+   * @throws {VfioError} If the group node is busy (naming the process that holds it) or not permitted.
    */
-  static open(sys: Sys, group: number, bdf?: string): VfioGroup {
-    if (!Number.isInteger(group) || group < 0) {
-      throw new RangeError(`Cannot open VFIO group ${group}: group numbers are non-negative integers`);
+  static open(sys: Sys, group: number, options: GroupOpenOptions = {}): VfioGroup {
+    if (!Number.isSafeInteger(group) || group < 0 || group > 0xffffffff) {
+      throw new RangeError(`Cannot open VFIO group ${group}: group numbers are integers in 0..2^32-1`);
     }
+    const bdf = options.device === undefined ? undefined : canonicalPciAddress(options.device);
     const node = groupNode(sys, group, bdf);
-    const fd = openFd(sys, node.path, O_RDWR | O_CLOEXEC, groupHints(group));
+    const fd = openFd(sys, node.path, O_RDWR | O_CLOEXEC, groupHints(sys, group, node.path));
     return new VfioGroup(sys, group, fd, node.noiommu);
   }
 
@@ -125,7 +164,7 @@ export class VfioGroup implements Disposable {
    * @throws {VfioError} If the device has no group or the group cannot be opened.
    */
   static forDevice(sys: Sys, bdf: string): VfioGroup {
-    return VfioGroup.open(sys, iommuGroupOf(sys, bdf), canonicalPciAddress(bdf));
+    return VfioGroup.open(sys, iommuGroupOf(sys, bdf), { device: bdf });
   }
 
   /** The group fd. @throws {TypeError} If closed. */
@@ -153,7 +192,7 @@ export class VfioGroup implements Disposable {
    *
    * @returns Whether the group is viable and whether a container is set.
    */
-  status(): { viable: boolean; containerSet: boolean } {
+  status(): GroupStatus {
     const s = vfio_group_status.alloc();
     this.#fd.ioctl(VFIO_GROUP_GET_STATUS, s.bytes, "VFIO_GROUP_GET_STATUS", "get group status");
     const flags = s.get("flags");
@@ -169,7 +208,7 @@ export class VfioGroup implements Disposable {
    * @returns Each member's address and driver.
    */
   members(): GroupMember[] {
-    return groupDevices(this.sys, this.group).map((bdf) => ({ bdf, driver: driverOf(this.sys, bdf) }));
+    return groupDevices(this.#sys, this.group).map((bdf) => ({ bdf, driver: driverOf(this.#sys, bdf) }));
   }
 
   /**
@@ -204,7 +243,7 @@ export class VfioGroup implements Disposable {
       `attach group ${this.group} to the container`,
     );
     this.#container = container;
-    container.groupAttached(this);
+    groupAttached(container, this);
   }
 
   /**
@@ -214,6 +253,7 @@ export class VfioGroup implements Disposable {
    * @throws {VfioError} If the kernel refuses.
    */
   unsetContainer(): void {
+    this.#fd.fd; // throws once closed
     const c = this.#container;
     if (!c) return;
     this.#fd.ioctl(
@@ -224,7 +264,7 @@ export class VfioGroup implements Disposable {
       (code) => code === "EBUSY" ? "close the group's devices first" : undefined,
     );
     this.#container = undefined;
-    c.groupDetached(this);
+    groupDetached(c, this);
   }
 
   /**
@@ -245,7 +285,7 @@ export class VfioGroup implements Disposable {
       (code) => {
         if (code === "EINVAL") return "attach the group to a container and set its IOMMU type first";
         if (code === "ENODEV") {
-          const d = driverOf(this.sys, name);
+          const d = driverOf(this.#sys, name);
           return d === "vfio-pci"
             ? `${name} is not in IOMMU group ${this.group}`
             : `${name} is bound to ${d ?? "no driver"}, not vfio-pci: run \`vfio bind ${name}\``;
@@ -260,13 +300,13 @@ export class VfioGroup implements Disposable {
       return groups.filter((g) => !g.closed).map((g) => g.fd);
     };
     const device = new VfioDevice(
-      this.sys,
-      new OwnedFd(this.sys, fd, `${this.path} (${name})`),
+      this.#sys,
+      new OwnedFd(this.#sys, fd, `${this.path} (${name})`),
       name,
       resetFds,
     );
     this.#devices.add(device);
-    device.onClose(() => {
+    onDeviceClose(device, () => {
       this.#devices.delete(device);
       this.#releaseIfUnused();
     });
@@ -292,7 +332,7 @@ export class VfioGroup implements Disposable {
     if (!this.#fd.closed || this.#devices.size > 0 || !this.#container) return;
     const c = this.#container;
     this.#container = undefined;
-    c.groupDetached(this);
+    groupDetached(c, this);
   }
 
   /** Closes the group, as {@link close}. */

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type { VfioDevice } from "./device.ts";
+import { onDeviceClose, type VfioDevice } from "./device.ts";
 import { runAll } from "./errors.ts";
 
 /** An inclusive IOVA range `[start, last]` that the IOMMU can map. */
@@ -25,8 +25,11 @@ export interface DmaAccess {
 
 /**
  * One IOMMU address space with devices attached: a type1 VFIO container, or an iommufd IOAS.
- * Implemented completely by both; a no-IOMMU container throws on the DMA methods, because that mode
- * has no translation to program.
+ * Implemented completely by both; a no-IOMMU container throws {@link UnsupportedError} on the DMA
+ * methods, because that mode has no translation to program.
+ *
+ * Numbers follow the library's rule: addresses (process addresses, IOVAs) are bigint; sizes are
+ * number, and must be safe integers.
  *
  * Disposing the backend unmaps every mapping it made and closes the devices and groups it opened.
  */
@@ -35,28 +38,39 @@ export interface IommuBackend extends Disposable {
   readonly kind: string;
   /** Whether DMA mapping is possible (false in no-IOMMU mode). */
   readonly translates: boolean;
-  /** The smallest IOMMU page size; mappings must be aligned to it. */
-  readonly iommuPageSize: bigint;
+  /** The smallest IOMMU page size in bytes; mappings must be aligned to it. */
+  readonly iommuPageSize: number;
   /** Whether {@link close} has run. */
   readonly closed: boolean;
-  /** The live mappings this backend made: IOVA → size. */
-  readonly mappings: ReadonlyMap<bigint, bigint>;
+  /** The live mappings this backend made: IOVA → size in bytes. */
+  readonly mappings: ReadonlyMap<bigint, number>;
   /**
    * Maps `size` bytes of process memory at `vaddr` to `iova`.
    *
-   * @throws {RangeError} If the range is not page-aligned or outside {@link iovaRanges}.
-   * @throws {VfioError} If the kernel refuses (memlock limit, overlap, mapping limit).
+   * @param vaddr The process address, page-aligned.
+   * @param iova The device address, page-aligned.
+   * @param size Bytes, a positive multiple of {@link iommuPageSize}.
+   * @param access Whether the device may read and/or write; at least one.
+   * @throws {RangeError} If an argument is out of range, unaligned, outside {@link iovaRanges}, or
+   *   overlaps a mapping; nothing reaches the kernel then.
+   * @throws {VfioError} If the kernel refuses (memlock limit, mapping limit).
    */
-  mapDma(vaddr: bigint, iova: bigint, size: bigint, access?: DmaAccess): void;
+  mapDma(vaddr: bigint, iova: bigint, size: number, access?: DmaAccess): void;
   /**
    * Unmaps exactly one earlier mapping.
    *
+   * @param iova Where the mapping starts.
+   * @param size Its size.
    * @throws {RangeError} If no mapping starts at `iova` with that size.
    */
-  unmapDma(iova: bigint, size: bigint): void;
+  unmapDma(iova: bigint, size: number): void;
   /** Unmaps every mapping in the address space. */
   unmapAll(): void;
-  /** The IOVA ranges the IOMMU accepts, as the kernel reports them. */
+  /**
+   * The IOVA ranges the IOMMU accepts, as the kernel reports them.
+   *
+   * @returns Copies of the ranges.
+   */
   iovaRanges(): IovaRange[];
   /**
    * Opens a PCI device into this address space.
@@ -65,14 +79,6 @@ export interface IommuBackend extends Disposable {
    * @returns The device; the backend closes it when it is itself closed.
    */
   openDevice(bdf: string): VfioDevice;
-  /**
-   * Registers teardown to run first when the backend closes, while the address space still exists
-   * (DMA buffers use it to unmap and free their memory).
-   *
-   * @param fn The teardown.
-   * @returns A function that unregisters it (for an owner that closes first).
-   */
-  onClose(fn: () => void): () => void;
   /** Unmaps, closes the devices it opened, and releases the address space. Idempotent. */
   close(): void;
 }
@@ -83,9 +89,9 @@ export interface IommuBackend extends Disposable {
  */
 export interface IommuOps {
   /** Maps an already checked range. */
-  map(vaddr: bigint, iova: bigint, size: bigint, access: Required<DmaAccess>): void;
+  map(vaddr: bigint, iova: bigint, size: number, access: Required<DmaAccess>): void;
   /** Unmaps exactly one known mapping. */
-  unmap(iova: bigint, size: bigint): void;
+  unmap(iova: bigint, size: number): void;
   /** Unmaps everything in the address space. */
   unmapAll(): void;
   /** The IOVA ranges the kernel reports; may be a cached array, which callers must not modify. */
@@ -98,6 +104,27 @@ export interface IommuOps {
   release(): void;
 }
 
+const U64_MAX = 0xffffffffffffffffn;
+const hex = (n: bigint | number) => `0x${n.toString(16)}`;
+
+let registerCloseHook: (backend: IommuBase, fn: () => void) => () => void;
+
+/**
+ * Registers teardown to run first when a backend closes, while its address space still exists (DMA
+ * pools use it to unmap and free their buffers). Internal to the library: not exported by mod.ts.
+ *
+ * @param backend The backend.
+ * @param fn The teardown; it must not throw.
+ * @returns A function that unregisters it (for an owner that closes first).
+ * @throws {TypeError} If the backend is closed or is not one of the library's.
+ */
+export function onBackendClose(backend: IommuBackend, fn: () => void): () => void {
+  if (!(backend instanceof IommuBase)) {
+    throw new TypeError("Cannot use this IOMMU backend: open it with VfioContainer.open or IommufdIoas.open");
+  }
+  return registerCloseHook(backend, fn);
+}
+
 /**
  * The bookkeeping both backends share, so that each implements only its ioctls: argument checks,
  * the table of live mappings, the devices it opened, and teardown in reverse order of setup.
@@ -106,16 +133,27 @@ export abstract class IommuBase implements IommuBackend {
   abstract readonly kind: string;
   abstract readonly translates: boolean;
   /** Live mappings: IOVA → size. */
-  readonly #mappings = new Map<bigint, bigint>();
+  readonly #mappings = new Map<bigint, number>();
   /** Devices opened through {@link openDevice}, closed with the backend. */
   protected readonly devices: Set<VfioDevice> = new Set();
   readonly #onClose: (() => void)[] = [];
   #closed = false;
 
+  static {
+    registerCloseHook = (backend, fn) => {
+      backend.assertOpen();
+      backend.#onClose.push(fn);
+      return () => {
+        const i = backend.#onClose.indexOf(fn);
+        if (i >= 0) backend.#onClose.splice(i, 1);
+      };
+    };
+  }
+
   /** What this backend is, for messages: e.g. `/dev/vfio/vfio` or `/dev/iommu`. */
   abstract readonly path: string;
-  /** The smallest IOMMU page size; mappings must be aligned to it. */
-  abstract readonly iommuPageSize: bigint;
+  /** The smallest IOMMU page size in bytes; mappings must be aligned to it. */
+  abstract readonly iommuPageSize: number;
   /** The backend's kernel calls, after this class has checked the arguments. */
   protected abstract readonly ops: IommuOps;
 
@@ -129,38 +167,34 @@ export abstract class IommuBase implements IommuBackend {
     return this.#closed;
   }
 
-  /** The live mappings, IOVA → size. */
-  get mappings(): ReadonlyMap<bigint, bigint> {
+  /** The live mappings, IOVA → size in bytes. */
+  get mappings(): ReadonlyMap<bigint, number> {
     return this.#mappings;
   }
 
-  /**
-   * Registers teardown to run first when the backend closes (DMA buffers use it to unmap and free
-   * their memory while the address space still exists).
-   *
-   * @param fn The teardown; it must not throw.
-   * @returns A function that unregisters it.
-   */
-  onClose(fn: () => void): () => void {
+  mapDma(vaddr: bigint, iova: bigint, size: number, access: DmaAccess = {}): void {
     this.assertOpen();
-    this.#onClose.push(fn);
-    return () => {
-      const i = this.#onClose.indexOf(fn);
-      if (i >= 0) this.#onClose.splice(i, 1);
-    };
-  }
-
-  mapDma(vaddr: bigint, iova: bigint, size: bigint, access: DmaAccess = {}): void {
-    this.assertOpen();
+    const read = access.read ?? true, write = access.write ?? true;
+    if (!read && !write) {
+      throw new RangeError(`Cannot map DMA at iova ${hex(iova)} with no access: allow read, write or both`);
+    }
+    if (typeof vaddr !== "bigint" || typeof iova !== "bigint" || !Number.isSafeInteger(size)) {
+      throw new TypeError("Cannot map DMA: vaddr and iova must be bigints and size a safe integer");
+    }
     const page = this.iommuPageSize;
-    const hex = (n: bigint) => `0x${n.toString(16)}`;
-    if (size <= 0n || vaddr % page !== 0n || iova % page !== 0n || size % page !== 0n) {
+    const pageN = BigInt(page);
+    const len = BigInt(size);
+    if (
+      size <= 0 || size % page !== 0 || vaddr <= 0n || iova < 0n || vaddr % pageN !== 0n ||
+      iova % pageN !== 0n || vaddr + len - 1n > U64_MAX || iova + len - 1n > U64_MAX
+    ) {
       throw new RangeError(
-        `Cannot map DMA at iova ${hex(iova)} (vaddr ${hex(vaddr)}, size ${hex(size)}): all three must be ` +
-          `multiples of the IOMMU page size ${hex(page)} and size positive`,
+        `Cannot map DMA at iova ${hex(iova)} (vaddr ${hex(vaddr)}, size ${hex(size)}): vaddr must be ` +
+          `non-zero, all three multiples of the IOMMU page size ${hex(page)}, size positive, and both ` +
+          "ranges inside 64 bits",
       );
     }
-    const last = iova + size - 1n;
+    const last = iova + len - 1n;
     const ranges = this.ops.iovaRanges();
     if (!ranges.some((r) => iova >= r.start && last <= r.last)) {
       throw new RangeError(
@@ -168,22 +202,22 @@ export abstract class IommuBase implements IommuBackend {
           ranges.map((r) => `${hex(r.start)}..${hex(r.last)}`).join(", "),
       );
     }
-    for (const [at, len] of this.#mappings) {
-      if (iova <= at + len - 1n && at <= last) {
+    for (const [at, n] of this.#mappings) {
+      if (iova <= at + BigInt(n) - 1n && at <= last) {
         throw new RangeError(
-          `Cannot map DMA at iova ${hex(iova)}: it overlaps the mapping at ${hex(at)} (size ${hex(len)})`,
+          `Cannot map DMA at iova ${hex(iova)}: it overlaps the mapping at ${hex(at)} (size ${hex(n)})`,
         );
       }
     }
-    this.ops.map(vaddr, iova, size, { read: access.read ?? true, write: access.write ?? true });
+    this.ops.map(vaddr, iova, size, { read, write });
     this.#mappings.set(iova, size);
   }
 
-  unmapDma(iova: bigint, size: bigint): void {
+  unmapDma(iova: bigint, size: number): void {
     this.assertOpen();
     if (this.#mappings.get(iova) !== size) {
       throw new RangeError(
-        `Cannot unmap DMA at iova 0x${iova.toString(16)} (size 0x${size.toString(16)}): ` +
+        `Cannot unmap DMA at iova ${hex(iova)} (size ${typeof size === "number" ? hex(size) : size}): ` +
           "no mapping starts there with that size",
       );
     }
@@ -204,9 +238,13 @@ export abstract class IommuBase implements IommuBackend {
 
   openDevice(bdf: string): VfioDevice {
     this.assertOpen();
-    const device = this.ops.openDevice(bdf);
+    return this.adopt(this.ops.openDevice(bdf));
+  }
+
+  /** Tracks a device opened into this backend, so that it closes with the backend. */
+  protected adopt(device: VfioDevice): VfioDevice {
     this.devices.add(device);
-    device.onClose(() => this.devices.delete(device));
+    onDeviceClose(device, () => this.devices.delete(device));
     return device;
   }
 

@@ -4,9 +4,9 @@
  *
  * @module
  */
-import { check, VfioError } from "./errors.ts";
+import { check, DeviceNotBoundError, UnsupportedError } from "./errors.ts";
 import { openFd, type OwnedFd, OwnedFd as Fd } from "./fd.ts";
-import { VfioDevice } from "./device.ts";
+import { onDeviceClose, VfioDevice } from "./device.ts";
 import { type DmaAccess, IommuBase, type IommuOps, type IovaRange } from "./iommu.ts";
 import { memlockHint } from "./limits.ts";
 import type { Sys } from "./sys.ts";
@@ -54,6 +54,9 @@ export interface IommufdOptions {
  *
  * @example
  * ```ts ignore
+ * import { IommufdIoas, loadSys } from "vfio-ts";
+ *
+ * const sys = await loadSys();
  * using ioas = IommufdIoas.open(sys);
  * const device = ioas.openDevice("0000:00:04.0"); // opens /dev/vfio/devices/vfioN, binds, attaches
  * console.log(ioas.iovaRanges());
@@ -79,8 +82,11 @@ export class IommufdIoas extends IommuBase {
   readonly #fd: OwnedFd;
   #ioasId: number;
 
-  private constructor(readonly sys: Sys, fd: OwnedFd, ioasId: number) {
+  readonly #sys: Sys;
+
+  private constructor(sys: Sys, fd: OwnedFd, ioasId: number) {
     super();
+    this.#sys = sys;
     this.#fd = fd;
     this.#ioasId = ioasId;
   }
@@ -91,7 +97,8 @@ export class IommufdIoas extends IommuBase {
    * @param sys The syscall backend.
    * @param options An already open iommufd, if any.
    * @returns The IOAS.
-   * @throws {VfioError} If iommufd is missing or the IOAS cannot be allocated.
+   * @throws {VfioUnavailableError} If the kernel has no iommufd.
+   * @throws {VfioError} If /dev/iommu cannot be opened or the IOAS cannot be allocated.
    */
   static open(sys: Sys, options: IommufdOptions = {}): IommufdIoas {
     const fd = options.iommufd !== undefined
@@ -100,11 +107,10 @@ export class IommufdIoas extends IommuBase {
         sys,
         IOMMUFD_PATH,
         O_RDWR | O_CLOEXEC,
+        (code) => code === "EACCES" ? "run as root, or give your user access to /dev/iommu" : undefined,
         (code) =>
           code === "ENOENT" || code === "ENODEV"
             ? "the kernel has no iommufd (CONFIG_IOMMUFD, Linux 6.2+): use the legacy backend"
-            : code === "EACCES"
-            ? "run as root, or give your user access to /dev/iommu"
             : undefined,
       );
     try {
@@ -128,29 +134,30 @@ export class IommufdIoas extends IommuBase {
   }
 
   /** The CPU page size: iommufd maps at that granularity. */
-  get iommuPageSize(): bigint {
-    return BigInt(this.sys.pageSize);
+  get iommuPageSize(): number {
+    this.assertOpen();
+    return this.#sys.pageSize;
   }
 
   #alive(): boolean {
     return !this.#fd.closed;
   }
 
-  #map(vaddr: bigint, iova: bigint, size: bigint, access: DmaAccess): void {
+  #map(vaddr: bigint, iova: bigint, size: number, access: DmaAccess): void {
     const m = iommu_ioas_map.alloc();
     m.set(
       "flags",
       IOMMU_IOAS_MAP_FIXED_IOVA | (access.read ? IOMMU_IOAS_MAP_READABLE : 0) |
         (access.write ? IOMMU_IOAS_MAP_WRITEABLE : 0),
     );
-    m.set("ioas_id", this.#ioasId).set("user_va", vaddr).set("length", size).set("iova", iova);
+    m.set("ioas_id", this.#ioasId).set("user_va", vaddr).set("length", BigInt(size)).set("iova", iova);
     this.#fd.ioctl(
       IOMMU_IOAS_MAP,
       m.bytes,
       "IOMMU_IOAS_MAP",
       () => `map DMA at iova 0x${iova.toString(16)} (size 0x${size.toString(16)})`,
       (code) => {
-        if (code === "ENOMEM" || code === "EAGAIN") return memlockHint(this.sys, size);
+        if (code === "ENOMEM" || code === "EAGAIN") return memlockHint(this.#sys, size);
         if (code === "EEXIST") return "the IOVA range overlaps an existing mapping";
         if (code === "EFAULT") return "the virtual address range is not mapped in this process";
         return undefined;
@@ -158,9 +165,9 @@ export class IommufdIoas extends IommuBase {
     );
   }
 
-  #unmap(iova: bigint, size: bigint): void {
+  #unmap(iova: bigint, size: number): void {
     const u = iommu_ioas_unmap.alloc();
-    u.set("ioas_id", this.#ioasId).set("iova", iova).set("length", size);
+    u.set("ioas_id", this.#ioasId).set("iova", iova).set("length", BigInt(size));
     this.#fd.ioctl(
       IOMMU_IOAS_UNMAP,
       u.bytes,
@@ -173,13 +180,7 @@ export class IommufdIoas extends IommuBase {
     // iova 0 with length U64_MAX unmaps everything (iommufd.h).
     const u = iommu_ioas_unmap.alloc();
     u.set("ioas_id", this.#ioasId).set("iova", 0n).set("length", 0xffffffffffffffffn);
-    this.#fd.ioctl(
-      IOMMU_IOAS_UNMAP,
-      u.bytes,
-      "IOMMU_IOAS_UNMAP",
-      "unmap all DMA",
-      (code) => code === "ENOENT" ? undefined : undefined,
-    );
+    this.#fd.ioctl(IOMMU_IOAS_UNMAP, u.bytes, "IOMMU_IOAS_UNMAP", "unmap all DMA");
   }
 
   // The ranges change only when a device attaches or leaves (its reserved regions) or with
@@ -196,9 +197,9 @@ export class IommufdIoas extends IommuBase {
     q.set("ioas_id", this.#ioasId);
     let n = 8;
     for (;;) {
-      const found = withScratch(this.sys, n * iommu_iova_range.size, (address, bytes) => {
+      const found = withScratch(this.#sys, n * iommu_iova_range.size, (address, bytes) => {
         q.set("num_iovas", n).set("allowed_iovas", address);
-        const r = this.sys.ioctlPtr(this.#fd.fd, IOMMU_IOAS_IOVA_RANGES, q.bytes);
+        const r = this.#sys.ioctlPtr(this.#fd.fd, IOMMU_IOAS_IOVA_RANGES, q.bytes);
         if (r === -ERRNO.EMSGSIZE!) return undefined;
         check(r, { op: "IOMMU_IOAS_IOVA_RANGES", path: this.path, action: "list IOVA ranges" });
         return Array.from({ length: q.get("num_iovas") }, (_, i) => {
@@ -223,7 +224,7 @@ export class IommufdIoas extends IommuBase {
     this.#ranges = undefined;
     const a = iommu_ioas_allow_iovas.alloc();
     a.set("ioas_id", this.#ioasId).set("num_iovas", ranges.length);
-    withScratch(this.sys, Math.max(1, ranges.length) * iommu_iova_range.size, (address, bytes) => {
+    withScratch(this.#sys, Math.max(1, ranges.length) * iommu_iova_range.size, (address, bytes) => {
       ranges.forEach((r, i) =>
         iommu_iova_range.at(bytes, i * iommu_iova_range.size).set("start", r.start).set("last", r.last)
       );
@@ -233,22 +234,24 @@ export class IommufdIoas extends IommuBase {
   }
 
   #openDevice(bdf: string): VfioDevice {
-    const name = requirePciDevice(this.sys, bdf);
-    const cdev = deviceCdev(this.sys, name);
+    const name = requirePciDevice(this.#sys, bdf);
+    const cdev = deviceCdev(this.#sys, name);
     if (!cdev) {
-      const driver = driverOf(this.sys, name);
-      throw new VfioError({
+      const driver = driverOf(this.#sys, name);
+      const init = {
         op: "open",
-        errno: 2,
         path: `/sys/bus/pci/devices/${name}/vfio-dev`,
         action: `find the VFIO cdev of ${name}`,
-        hint: driver !== "vfio-pci"
-          ? `${name} is bound to ${driver ?? "no driver"}, not vfio-pci: run \`vfio bind ${name}\``
-          : "the kernel makes no device cdevs (CONFIG_VFIO_DEVICE_CDEV, Linux 6.6+): use the legacy backend",
+      };
+      if (driver !== "vfio-pci") throw new DeviceNotBoundError(name, driver, init);
+      throw new UnsupportedError({
+        ...init,
+        hint:
+          "the kernel makes no device cdevs (CONFIG_VFIO_DEVICE_CDEV, Linux 6.6+): use the legacy backend",
       });
     }
     const fd = openFd(
-      this.sys,
+      this.#sys,
       cdev,
       O_RDWR | O_CLOEXEC,
       (code) =>
@@ -271,10 +274,7 @@ export class IommufdIoas extends IommuBase {
    */
   openDeviceFd(fd: number, name: string): VfioDevice {
     this.assertOpen();
-    const device = this.#adoptDevice(new Fd(this.sys, fd, `vfio cdev fd ${fd} (${name})`), name);
-    this.devices.add(device);
-    device.onClose(() => this.devices.delete(device));
-    return device;
+    return this.adopt(this.#adoptDevice(new Fd(this.#sys, fd, `vfio cdev fd ${fd} (${name})`), name));
   }
 
   #adoptDevice(fd: OwnedFd, name: string): VfioDevice {
@@ -307,8 +307,8 @@ export class IommufdIoas extends IommuBase {
     }
     this.#ranges = undefined; // the attach added the device's reserved regions
     // A cdev-bound device proves ownership of its reset group through the iommufd: no group fds.
-    const device = new VfioDevice(this.sys, fd, name, () => []);
-    device.onClose(() => (this.#ranges = undefined));
+    const device = new VfioDevice(this.#sys, fd, name, () => []);
+    onDeviceClose(device, () => (this.#ranges = undefined));
     return device;
   }
 

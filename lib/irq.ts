@@ -100,14 +100,43 @@ export function setIrqs(
   );
 }
 
+/** Options for {@link VfioIrq.wait}. */
+export interface IrqWaitOptions {
+  /** The vector (default 0). */
+  vector?: number;
+  /** How long to wait in milliseconds; -1 (default) waits forever, 0 only looks. */
+  timeoutMs?: number;
+}
+
+/** Options for {@link VfioIrq.next} and {@link VfioIrq.interrupts}. */
+export interface IrqVectorOptions {
+  /** The vector (default 0). */
+  vector?: number;
+}
+
+/** Which vectors {@link VfioIrq.trigger}, {@link VfioIrq.mask} and {@link VfioIrq.unmask} act on. */
+export interface IrqVectorRange {
+  /** The first vector (default 0). */
+  start?: number;
+  /** How many vectors (default 1). */
+  count?: number;
+}
+
 /**
  * The enabled vectors of one IRQ index, each signalling its own eventfd.
  *
  * Closing disables the index in the device, wakes any pending wait, and closes the eventfds.
  *
+ * Made by {@link VfioDevice.enableIrq}.
+ *
  * @example
  * ```ts ignore
- * using msi = device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX, 1);
+ * import { open, VFIO_PCI_MSI_IRQ_INDEX } from "vfio-ts";
+ *
+ * using edu = await open("0000:00:04.0");
+ * edu.device.config.enableBusMaster();
+ * using bar0 = edu.device.registers(0);
+ * using msi = edu.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX);
  * bar0.write32(0x60, 1); // the device raises an interrupt
  * console.log(await msi.next()); // 1: one interrupt since the last read
  * ```
@@ -127,13 +156,22 @@ export class VfioIrq implements Disposable {
    * @param count How many vectors to enable, from 0.
    * @param onClose Called once when closed.
    */
+  readonly #sys: Sys;
+  readonly #fd: OwnedFd;
+  readonly #onClose: () => void;
+
   constructor(
-    readonly sys: Sys,
-    readonly fd: OwnedFd,
+    sys: Sys,
+    fd: OwnedFd,
+    /** The index's info, as VFIO_DEVICE_GET_IRQ_INFO reported it. */
     readonly info: IrqInfo,
+    /** How many vectors are enabled, from vector 0. */
     readonly count: number,
-    readonly onClose: () => void = () => {},
+    onClose: () => void = () => {},
   ) {
+    this.#sys = sys;
+    this.#fd = fd;
+    this.#onClose = onClose;
     if (!Number.isInteger(count) || count < 1 || count > info.count) {
       throw new RangeError(`Cannot enable ${count} vectors of IRQ index ${info.index}: it has ${info.count}`);
     }
@@ -178,15 +216,23 @@ export class VfioIrq implements Disposable {
   /**
    * Waits for an interrupt on a vector, blocking the thread (poll(2)).
    *
-   * @param vector The vector.
-   * @param timeoutMs How long to wait; -1 waits forever.
+   * @param options The vector and the timeout.
    * @returns How many interrupts arrived since the last read, or 0 on timeout.
+   * @throws {RangeError} If the vector is not enabled or the timeout is not an integer ≥ -1.
    */
-  wait(vector = 0, timeoutMs = -1): number {
-    const efd = this.#efd(vector);
+  wait(options?: IrqWaitOptions): number {
+    const efd = this.#efd(options?.vector ?? 0);
+    const timeoutMs = options?.timeoutMs ?? -1;
+    if (!Number.isSafeInteger(timeoutMs) || timeoutMs < -1 || timeoutMs > 0x7fffffff) {
+      throw new RangeError(`Cannot wait ${timeoutMs} ms for IRQ ${this.index}: expected -1 or 0..2^31-1`);
+    }
+    return this.#poll(efd, timeoutMs);
+  }
+
+  #poll(efd: number, timeoutMs: number): number {
     const p = this.#pollfd;
     p.set("fd", efd).set("events", POLLIN);
-    const n = this.sys.poll(p.bytes, 1, timeoutMs);
+    const n = this.#sys.poll(p.bytes, 1, timeoutMs);
     if (n < 0) check(n, { op: "poll", action: `wait for IRQ ${this.index}` });
     return n === 0 ? 0 : this.#readCounter(efd);
   }
@@ -197,7 +243,7 @@ export class VfioIrq implements Disposable {
   readonly #counterBytes = new Uint8Array(this.#counter.buffer);
 
   #readCounter(efd: number): number {
-    const r = this.sys.read(efd, this.#counterBytes);
+    const r = this.#sys.read(efd, this.#counterBytes);
     if (r < 0) check(r, { op: "read", action: `read IRQ ${this.index} eventfd` });
     return Number(this.#counter[0]);
   }
@@ -205,18 +251,19 @@ export class VfioIrq implements Disposable {
   /**
    * Waits for an interrupt without blocking the event loop: the read runs off the JavaScript thread.
    *
-   * @param vector The vector.
+   * @param options The vector.
    * @returns How many interrupts arrived since the last read, or 0 when the IRQ was closed meanwhile.
    */
-  async next(vector = 0): Promise<number> {
+  async next(options?: IrqVectorOptions): Promise<number> {
+    const vector = options?.vector ?? 0;
     // An interrupt that is already pending is read at once, without the hop to another thread.
-    const ready = this.wait(vector, 0);
+    const ready = this.#poll(this.#efd(vector), 0);
     if (ready > 0) return ready;
     const efd = this.#efd(vector);
     const b = new BigUint64Array(1);
     this.#pending++;
     try {
-      const r = await this.sys.readAsync(efd, new Uint8Array(b.buffer));
+      const r = await this.#sys.readAsync(efd, new Uint8Array(b.buffer));
       if (this.#closed) return 0;
       check(r, { op: "read", action: `wait for IRQ ${this.index}` });
       return Number(b[0]);
@@ -231,11 +278,12 @@ export class VfioIrq implements Disposable {
   /**
    * Yields the interrupt count of a vector each time it fires, until the IRQ is closed.
    *
-   * @param vector The vector.
+   * @param options The vector.
+   * @returns The counts, as an async generator.
    */
-  async *interrupts(vector = 0): AsyncGenerator<number> {
+  async *interrupts(options?: IrqVectorOptions): AsyncGenerator<number> {
     while (!this.#closed) {
-      const n = await this.next(vector);
+      const n = await this.next(options);
       if (this.#closed) return;
       yield n;
     }
@@ -243,25 +291,48 @@ export class VfioIrq implements Disposable {
 
   /** Iterates vector 0, as {@link interrupts}. */
   [Symbol.asyncIterator](): AsyncGenerator<number> {
-    return this.interrupts(0);
+    return this.interrupts();
   }
 
-  /** Fires vectors from software (SET_IRQS DATA_NONE | ACTION_TRIGGER): the loopback test. */
-  trigger(start = 0, count = 1): void {
+  #range(range: IrqVectorRange | undefined): [number, number] {
+    const start = range?.start ?? 0, count = range?.count ?? 1;
+    if (!Number.isSafeInteger(count) || count < 1) {
+      throw new RangeError(`Cannot use ${count} vectors of IRQ index ${this.index}: count must be positive`);
+    }
     this.#efd(start), this.#efd(start + count - 1);
-    setIrqs(this.fd, this.index, VFIO_IRQ_SET_ACTION_TRIGGER, start, count);
+    return [start, count];
   }
 
-  /** Masks vectors (ACTION_MASK). @throws {VfioError} If the index is not maskable. */
-  mask(start = 0, count = 1): void {
-    this.#efd(start), this.#efd(start + count - 1);
-    setIrqs(this.fd, this.index, VFIO_IRQ_SET_ACTION_MASK, start, count);
+  /**
+   * Fires vectors from software (SET_IRQS DATA_NONE | ACTION_TRIGGER): the loopback test.
+   *
+   * @param range Which vectors (default: vector 0).
+   * @throws {RangeError} If a vector is not enabled.
+   */
+  trigger(range?: IrqVectorRange): void {
+    const [start, count] = this.#range(range);
+    setIrqs(this.#fd, this.index, VFIO_IRQ_SET_ACTION_TRIGGER, start, count);
   }
 
-  /** Unmasks vectors (ACTION_UNMASK), e.g. INTx after handling an automasked interrupt. */
-  unmask(start = 0, count = 1): void {
-    this.#efd(start), this.#efd(start + count - 1);
-    setIrqs(this.fd, this.index, VFIO_IRQ_SET_ACTION_UNMASK, start, count);
+  /**
+   * Masks vectors (ACTION_MASK).
+   *
+   * @param range Which vectors (default: vector 0).
+   * @throws {VfioError} If the index is not maskable.
+   */
+  mask(range?: IrqVectorRange): void {
+    const [start, count] = this.#range(range);
+    setIrqs(this.#fd, this.index, VFIO_IRQ_SET_ACTION_MASK, start, count);
+  }
+
+  /**
+   * Unmasks vectors (ACTION_UNMASK), e.g. INTx after handling an automasked interrupt.
+   *
+   * @param range Which vectors (default: vector 0).
+   */
+  unmask(range?: IrqVectorRange): void {
+    const [start, count] = this.#range(range);
+    setIrqs(this.#fd, this.index, VFIO_IRQ_SET_ACTION_UNMASK, start, count);
   }
 
   /**
@@ -269,7 +340,7 @@ export class VfioIrq implements Disposable {
    */
   rearm(): void {
     this.#efd(0);
-    setIrqs(this.fd, this.index, VFIO_IRQ_SET_ACTION_TRIGGER, 0, this.count, this.#eventfds);
+    setIrqs(this.#fd, this.index, VFIO_IRQ_SET_ACTION_TRIGGER, 0, this.count, this.#eventfds);
   }
 
   /** Whether {@link close} has run. */
@@ -285,7 +356,7 @@ export class VfioIrq implements Disposable {
     if (this.#closed) return;
     this.#closed = true;
     try {
-      if (!this.fd.closed) setIrqs(this.fd, this.index, VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0);
+      if (!this.#fd.closed) setIrqs(this.#fd, this.index, VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0);
     } finally {
       if (this.#pending > 0) {
         this.#deferredClose = true;
@@ -293,17 +364,17 @@ export class VfioIrq implements Disposable {
       } else {
         this.#closeEventfds();
       }
-      this.onClose();
+      this.#onClose();
     }
   }
 
   #wake(): void {
     const one = new Uint8Array(new BigUint64Array([1n]).buffer);
-    for (const e of this.#eventfds) this.sys.write(e, one);
+    for (const e of this.#eventfds) this.#sys.write(e, one);
   }
 
   #closeEventfds(): void {
-    for (const e of this.#eventfds.splice(0)) this.sys.close(e);
+    for (const e of this.#eventfds.splice(0)) this.#sys.close(e);
   }
 
   /** Closes the IRQ, as {@link close}. */

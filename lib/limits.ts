@@ -34,9 +34,9 @@ export function formatBytes(n: bigint): string {
  * @param size The size of the mapping that failed.
  * @returns A hint naming the current limit and how to raise it.
  */
-export function memlockHint(sys: Sys, size: bigint): string {
+export function memlockHint(sys: Sys, size: number): string {
   const limit = memlockLimit(sys);
   const now = limit === undefined ? "unlimited" : formatBytes(limit);
-  return `pinning ${formatBytes(size)} for DMA counts against RLIMIT_MEMLOCK, which is ${now}; ` +
+  return `pinning ${formatBytes(BigInt(size))} for DMA counts against RLIMIT_MEMLOCK, which is ${now}; ` +
     "raise it with `ulimit -l unlimited` (or LimitMEMLOCK= in a systemd unit), or run with CAP_IPC_LOCK";
 }

@@ -9,8 +9,8 @@ import type { VfioDevice } from "./device.ts";
 import { DmaPool, type DmaPoolOptions } from "./dma.ts";
 import { IOMMUFD_PATH, IommufdIoas } from "./iommufd.ts";
 import type { IommuBackend } from "./iommu.ts";
-import { canonicalPciAddress } from "./pci_address.ts";
 import type { Sys } from "./sys.ts";
+import { requirePciDevice } from "./sysfs.ts";
 
 /** Which IOMMU backend to use. */
 export type BackendChoice = "auto" | "legacy" | "iommufd";
@@ -28,12 +28,23 @@ export interface OpenOptions extends DmaPoolOptions {
 }
 
 /**
- * Opens an IOMMU backend.
+ * Opens an IOMMU backend, to open one or more devices into one address space.
  *
- * @param sys The syscall backend.
+ * @param sys The syscall backend, from {@link loadSys}.
  * @param options Which backend.
  * @returns The backend; dispose it to release everything opened through it.
  * @throws {TypeError} If VFIO_TS_BACKEND or the option names an unknown backend.
+ * @throws {VfioUnavailableError} If the kernel has no VFIO (or no iommufd, when asked for).
+ *
+ * @example Two devices in one IOMMU address space
+ * ```ts ignore
+ * import { loadSys, openIommu } from "vfio-ts";
+ *
+ * using backend = openIommu(await loadSys());
+ * const a = backend.openDevice("0000:00:04.0");
+ * const b = backend.openDevice("0000:00:06.0");
+ * console.log(backend.kind, a.info(), b.info());
+ * ```
  */
 export function openIommu(sys: Sys, options: OpenOptions = {}): IommuBackend {
   const choice = chooseBackend(sys, options.backend);
@@ -42,7 +53,7 @@ export function openIommu(sys: Sys, options: OpenOptions = {}): IommuBackend {
 }
 
 /**
- * Resolves `"auto"` to a concrete backend.
+ * Resolves `"auto"` to a concrete backend. Internal: the CLI uses it; not exported by mod.ts.
  *
  * @param sys The syscall backend.
  * @param choice The requested backend.
@@ -64,7 +75,7 @@ export function chooseBackend(sys: Sys, choice: BackendChoice = "auto"): "legacy
   return hasIommufd && Array.isArray(cdevs) && cdevs.length > 0 ? "iommufd" : "legacy";
 }
 
-/** A device opened with its own IOMMU backend and DMA pool; disposing it releases all three. */
+/** A device opened with its own IOMMU backend and DMA pool, by {@link open}; disposing it releases all three. */
 export interface OpenedDevice extends Disposable {
   /** The IOMMU backend the device is attached to. */
   readonly backend: IommuBackend;
@@ -85,10 +96,15 @@ export interface OpenedDevice extends Disposable {
  * @param bdf The device's PCI address, e.g. `0000:00:04.0`.
  * @param options Backend choice and DMA limits.
  * @returns The device with its backend and DMA pool.
- * @throws {VfioError} With the errno and the fix, if any step fails; nothing stays open then.
+ * @throws {InvalidPciAddressError} If `bdf` is not a PCI address (before anything is opened).
+ * @throws {DeviceNotFoundError} If no PCI device has that address.
+ * @throws {VfioUnavailableError} If the machine has no VFIO.
+ * @throws {DeviceNotBoundError} If the device is not bound to vfio-pci.
+ * @throws {VfioError} With the errno and the fix, if another step fails; nothing stays open then.
  */
 export function openPciDevice(sys: Sys, bdf: string, options: OpenOptions = {}): OpenedDevice {
-  canonicalPciAddress(bdf); // reject a malformed address before opening anything
+  // A malformed address or a missing device is named as such, before any VFIO node is opened.
+  requirePciDevice(sys, bdf);
   const backend = openIommu(sys, options);
   try {
     const device = backend.openDevice(bdf);

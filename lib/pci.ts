@@ -55,6 +55,14 @@ import {
   PCI_VENDOR_ID,
 } from "./uapi/pci.ts";
 
+/** The bits {@link PciConfig.setCommand} changes. */
+export interface PciCommandBits {
+  /** Bits to set (default none). */
+  set?: number;
+  /** Bits to clear (default none). */
+  clear?: number;
+}
+
 /**
  * What {@link PciConfig} needs from the config region; `VfioRegion` provides it, and tests
  * pass a fake over a byte array. `read` must return exactly `length` bytes or throw.
@@ -571,16 +579,19 @@ export class PciConfig {
   /**
    * Read-modify-writes PCI_COMMAND as one 16-bit read and one 16-bit write: `(old & ~clear) | set`.
    *
-   * @param set Bits to set (PCI_COMMAND_*).
-   * @param clear Bits to clear; `set` wins where they overlap.
+   * @param bits The bits to set and to clear (PCI_COMMAND_*); `set` wins where they overlap.
    * @returns The value written.
    * @throws {RangeError} If `set` or `clear` is not a 16-bit value.
    * @example
    * ```ts ignore
-   * device.config.setCommand(PCI_COMMAND_INTX_DISABLE); // mask INTx
+   * import { open, uapi } from "vfio-ts";
+   *
+   * using edu = await open("0000:00:04.0");
+   * edu.device.config.setCommand({ set: uapi.PCI_COMMAND_INTX_DISABLE }); // mask INTx
    * ```
    */
-  setCommand(set: number, clear = 0): number {
+  setCommand(bits: PciCommandBits): number {
+    const set = bits.set ?? 0, clear = bits.clear ?? 0;
     for (const v of [set, clear]) {
       if (!Number.isInteger(v) || v < 0 || v > 0xffff) {
         throw new RangeError(`Cannot update the command register with ${v}: expected 0..0xffff`);
@@ -601,7 +612,7 @@ export class PciConfig {
    * ```
    */
   enableBusMaster(): number {
-    return this.setCommand(PCI_COMMAND_MASTER);
+    return this.setCommand({ set: PCI_COMMAND_MASTER });
   }
 
   /**
@@ -614,7 +625,7 @@ export class PciConfig {
    * ```
    */
   enableMemory(): number {
-    return this.setCommand(PCI_COMMAND_MEMORY);
+    return this.setCommand({ set: PCI_COMMAND_MEMORY });
   }
 
   /**
@@ -627,6 +638,6 @@ export class PciConfig {
    * ```
    */
   enableIo(): number {
-    return this.setCommand(PCI_COMMAND_IO);
+    return this.setCommand({ set: PCI_COMMAND_IO });
   }
 }

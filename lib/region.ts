@@ -5,6 +5,7 @@
  * @module
  */
 import { capabilityChain } from "./caps.ts";
+import type { RegistersOptions } from "./device.ts";
 import { check, runAll, VfioError } from "./errors.ts";
 import type { OwnedFd } from "./fd.ts";
 import { type MmioPath, type MmioSegment, Registers } from "./mmio.ts";
@@ -95,8 +96,8 @@ export function readRegionInfo(fd: OwnedFd, index: number): RegionInfo {
   const result: RegionInfo = {
     index,
     flags,
-    size: Number(info.get("size")),
-    offset: Number(info.get("offset")),
+    size: safeNumber(info.get("size"), `region ${index} size`),
+    offset: safeNumber(info.get("offset"), `region ${index} offset`),
     readable: (flags & VFIO_REGION_INFO_FLAG_READ) !== 0,
     writable: (flags & VFIO_REGION_INFO_FLAG_WRITE) !== 0,
     mmap: (flags & VFIO_REGION_INFO_FLAG_MMAP) !== 0,
@@ -118,7 +119,10 @@ export function readRegionInfo(fd: OwnedFd, index: number): RegionInfo {
       }
       result.sparse = Array.from({ length: n }, (_, i) => {
         const a = vfio_region_sparse_mmap_area.at(region, base + i * vfio_region_sparse_mmap_area.size);
-        return { offset: Number(a.get("offset")), size: Number(a.get("size")) };
+        return {
+          offset: safeNumber(a.get("offset"), `region ${index} sparse area offset`),
+          size: safeNumber(a.get("size"), `region ${index} sparse area size`),
+        };
       }).filter((a) => a.size > 0 && a.offset + a.size <= result.size);
     } else if (cap.id === VFIO_REGION_INFO_CAP_TYPE) {
       const t = vfio_region_info_cap_type.at(region);
@@ -128,6 +132,14 @@ export function readRegionInfo(fd: OwnedFd, index: number): RegionInfo {
     }
   }
   return result;
+}
+
+// Sizes and offsets are numbers (the library's rule); a u64 above 2^53 would round silently.
+function safeNumber(value: bigint, what: string): number {
+  if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new RangeError(`Cannot use ${what} 0x${value.toString(16)}: it exceeds 2^53`);
+  }
+  return Number(value);
 }
 
 /** An mmap'd part of a region. */
@@ -144,20 +156,30 @@ export interface RegionMapping {
  * One region of an open device.
  *
  * The device owns its regions: closing the device unmaps every mapping and closes every
- * {@link Registers} made here.
+ * {@link Registers} made here. Made by {@link VfioDevice.region}.
  */
 export class VfioRegion {
   readonly #live = new Set<Registers>();
+  readonly #sys: Sys;
+  readonly #fd: OwnedFd;
 
   /**
-   * Made by {@link VfioDevice.region}.
-   *
    * @param sys The syscall backend.
    * @param fd The device fd.
    * @param info The region's info.
    * @param name For messages, e.g. `0000:00:04.0 region 0`.
    */
-  constructor(readonly sys: Sys, readonly fd: OwnedFd, readonly info: RegionInfo, readonly name: string) {}
+  constructor(
+    sys: Sys,
+    fd: OwnedFd,
+    /** The region's info, capabilities parsed. */
+    readonly info: RegionInfo,
+    /** The region's name for messages, e.g. `0000:00:04.0 region 0`. */
+    readonly name: string,
+  ) {
+    this.#sys = sys;
+    this.#fd = fd;
+  }
 
   #check(offset: number, length: number, what: string): void {
     if (!Number.isInteger(offset) || !Number.isInteger(length) || offset < 0 || length < 0) {
@@ -181,6 +203,7 @@ export class VfioRegion {
    * @throws {VfioError} If the region is not readable or the read fails or is short.
    */
   read(offset: number, length: number): Uint8Array {
+    this.#check(offset, length, "read"); // before allocating: a huge length must not allocate
     const buf = new Uint8Array(length);
     this.readInto(offset, buf);
     return buf;
@@ -197,7 +220,7 @@ export class VfioRegion {
   readInto(offset: number, buf: Uint8Array): void {
     this.#check(offset, buf.length, "read");
     if (!this.info.readable) throw new TypeError(`Cannot read ${this.name}: the region is not readable`);
-    this.#io("pread", this.sys.pread(this.fd.fd, buf, this.info.offset + offset), offset, buf.length);
+    this.#io("pread", this.#sys.pread(this.#fd.fd, buf, this.info.offset + offset), offset, buf.length);
   }
 
   /**
@@ -211,20 +234,21 @@ export class VfioRegion {
   write(offset: number, data: Uint8Array): void {
     this.#check(offset, data.length, "write");
     if (!this.info.writable) throw new TypeError(`Cannot write ${this.name}: the region is not writable`);
-    this.#io("pwrite", this.sys.pwrite(this.fd.fd, data, this.info.offset + offset), offset, data.length);
+    this.#io("pwrite", this.#sys.pwrite(this.#fd.fd, data, this.info.offset + offset), offset, data.length);
   }
 
   #io(op: string, r: number, offset: number, length: number): void {
     check(r, {
       op,
-      path: this.fd.path,
+      path: this.#fd.path,
       action: `${op.slice(1)} ${length} bytes at ${offset} of ${this.name}`,
     });
     if (r !== length) {
+      // No errno: the call succeeded, but moved fewer bytes than the region promised.
       throw new VfioError({
         op,
-        errno: 5,
-        path: this.fd.path,
+        code: "ERR_VFIO_SHORT_TRANSFER",
+        path: this.#fd.path,
         action: `${op.slice(1)} ${length} bytes at ${offset} of ${this.name}`,
         hint: `only ${r} bytes were transferred`,
       });
@@ -271,7 +295,7 @@ export class VfioRegion {
    */
   map(offset: number, length: number): RegionMapping {
     this.#check(offset, length, "map");
-    if (offset % this.sys.pageSize !== 0 || length === 0) {
+    if (offset % this.#sys.pageSize !== 0 || length === 0) {
       throw new RangeError(
         `Cannot map ${this.name} at ${offset}: the offset must be page-aligned and length > 0`,
       );
@@ -282,11 +306,11 @@ export class VfioRegion {
       );
     }
     const prot = (this.info.readable ? PROT_READ : 0) | (this.info.writable ? PROT_WRITE : 0);
-    const address = this.sys.mmap(length, prot, MAP_SHARED, this.fd.fd, this.info.offset + offset);
+    const address = this.#sys.mmap(length, prot, MAP_SHARED, this.#fd.fd, this.info.offset + offset);
     if (address < 0n) {
       check(Number(address), {
         op: "mmap",
-        path: this.fd.path,
+        path: this.#fd.path,
         action: `map ${length} bytes of ${this.name}`,
       });
     }
@@ -300,33 +324,41 @@ export class VfioRegion {
    * @throws {VfioError} If munmap(2) fails.
    */
   unmap(m: RegionMapping): void {
-    check(this.sys.munmap(m.address, m.length), {
+    check(this.#sys.munmap(m.address, m.length), {
       op: "munmap",
-      path: this.fd.path,
+      path: this.#fd.path,
       action: `unmap ${this.name}`,
     });
   }
 
   /**
-   * Width-exact register access to the region. With `"auto"`, every mmap-able area is mapped and
-   * served by the backend's fast accessor, and the rest through pread/pwrite; with `"pread"` (or
-   * VFIO_TS_MMIO=pread in the environment, read by the caller) everything goes through the kernel.
+   * Width-exact register access to the region. With `path: "auto"` (default), every page-aligned
+   * mmap-able area is mapped and served by the backend's fast accessor, and the rest through
+   * pread/pwrite; with `"pread"`, or VFIO_TS_MMIO=pread in the environment, everything goes through
+   * the kernel. {@link Registers.path} tells which one was used.
    *
-   * @param path `"auto"` or `"pread"`.
+   * @param options Which access path to use.
    * @returns The registers; the device closes them when it closes.
+   * @throws {RangeError} If the region is not implemented.
    */
-  registers(path: "auto" | "pread" = "auto"): Registers {
+  registers(options: RegistersOptions = {}): Registers {
     if (this.info.size === 0) {
       throw new RangeError(`Cannot access ${this.name}: the region is not implemented`);
+    }
+    const forced = this.#sys.getenv("VFIO_TS_MMIO") === "pread";
+    const path = forced ? "pread" : options.path ?? "auto";
+    if (path !== "auto" && path !== "pread") {
+      throw new TypeError(`Cannot use register path ${JSON.stringify(path)}: expected "auto" or "pread"`);
     }
     const mappings: RegionMapping[] = [];
     const segments: MmioSegment[] = [];
     if (path === "auto") {
       try {
-        for (const a of this.mmapAreas) {
+        // An area at an offset mmap cannot take stays on pread/pwrite rather than failing.
+        for (const a of this.mmapAreas.filter((a) => a.offset % this.#sys.pageSize === 0)) {
           const m = this.map(a.offset, a.size);
           mappings.push(m);
-          const io = this.sys.mmio(m.address, m.length);
+          const io = this.#sys.mmio(m.address, m.length);
           if (!io) break;
           segments.push({ start: a.offset, length: a.size, io });
         }

@@ -4,14 +4,23 @@
  *
  * @module
  */
-import { check, errnoName, VfioError } from "./errors.ts";
+import {
+  check,
+  DeviceNotBoundError,
+  DeviceNotFoundError,
+  VfioError,
+  VfioUnavailableError,
+} from "./errors.ts";
 import { canonicalPciAddress } from "./pci_address.ts";
 import type { Sys } from "./sys.ts";
+import { ERRNO } from "./uapi/libc.ts";
+
+const ENOENT = ERRNO.ENOENT!;
 
 /** Where sysfs lists PCI devices. */
 export const PCI_DEVICES = "/sys/bus/pci/devices";
 
-/** The sysfs directory of a PCI device. @throws {TypeError} If `bdf` is not a PCI address. */
+/** The sysfs directory of a PCI device. @throws {InvalidPciAddressError} If `bdf` is not a PCI address. */
 export function pciDeviceDir(bdf: string): string {
   return `${PCI_DEVICES}/${canonicalPciAddress(bdf)}`;
 }
@@ -33,17 +42,24 @@ export function iommuGroupOf(sys: Sys, bdf: string): number {
   if (typeof link === "number") {
     // Without an IOMMU, vfio's no-IOMMU mode makes a group only for a device bound to vfio-pci.
     const noiommu = sys.readText("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode");
+    const action = `find the IOMMU group of ${name}`;
+    if (typeof noiommu === "string" && noiommu.trim() === "Y") {
+      // Without an IOMMU, vfio's no-IOMMU mode makes a group only for a device bound to vfio-pci.
+      throw new DeviceNotBoundError(name, driverOf(sys, name), {
+        op: "readlink",
+        errno: -link,
+        path,
+        action,
+      });
+    }
     throw new VfioError({
       op: "readlink",
       errno: -link,
       path,
-      action: `find the IOMMU group of ${name}`,
-      hint: typeof noiommu === "string" && noiommu.trim() === "Y"
-        ? `${name} is bound to ${driverOf(sys, name) ?? "no driver"}, not vfio-pci, and in no-IOMMU mode ` +
-          `only vfio-pci devices have a group: run \`vfio bind ${name}\``
-        : "the device has no IOMMU group: enable the IOMMU (intel_iommu=on or amd_iommu=on on the kernel " +
-          "command line, with VT-d/AMD-Vi on in firmware), or for devices without one load vfio with " +
-          "enable_unsafe_noiommu_mode=1",
+      action,
+      hint: "the device has no IOMMU group: enable the IOMMU (intel_iommu=on or amd_iommu=on on the kernel " +
+        "command line, with VT-d/AMD-Vi on in firmware), or for devices without one load vfio with " +
+        "enable_unsafe_noiommu_mode=1",
     });
   }
   return Number(basename(link));
@@ -55,19 +71,18 @@ export function iommuGroupOf(sys: Sys, bdf: string): number {
  * @param sys The syscall backend.
  * @param bdf The device's PCI address.
  * @returns Its canonical address.
- * @throws {TypeError} If `bdf` is not a PCI address.
- * @throws {VfioError} If no such device exists.
+ * @throws {InvalidPciAddressError} If `bdf` is not a PCI address.
+ * @throws {DeviceNotFoundError} If no such device exists.
  */
 export function requirePciDevice(sys: Sys, bdf: string): string {
   const name = canonicalPciAddress(bdf);
   const vendor = sys.readText(`${pciDeviceDir(name)}/vendor`);
   if (typeof vendor === "number") {
-    throw new VfioError({
+    throw new DeviceNotFoundError(name, {
       op: "open",
       errno: -vendor,
-      path: pciDeviceDir(name),
+      path: `${pciDeviceDir(name)}/vendor`,
       action: `find PCI device ${name}`,
-      hint: `no PCI device ${name}: see lspci or \`vfio list\``,
     });
   }
   return name;
@@ -107,10 +122,14 @@ export function groupDevices(sys: Sys, group: number): string[] {
  *
  * @param sys The syscall backend.
  * @param bdf The device's PCI address.
- * @param attr The attribute, e.g. `vendor`.
+ * @param attr The attribute, e.g. `vendor`: a plain file name.
  * @returns Its text, or undefined when it cannot be read.
+ * @throws {TypeError} If `attr` is not a plain name (a path, `..`).
  */
 export function pciAttr(sys: Sys, bdf: string, attr: string): string | undefined {
+  if (!/^[A-Za-z0-9_][A-Za-z0-9_.-]*$/.test(attr)) {
+    throw new TypeError(`Cannot read PCI attribute ${JSON.stringify(attr)}: expected a plain file name`);
+  }
   const t = sys.readText(`${pciDeviceDir(bdf)}/${attr}`);
   return typeof t === "string" ? t.trim() : undefined;
 }
@@ -128,27 +147,21 @@ export function pciAttr(sys: Sys, bdf: string, attr: string): string | undefined
 export function groupNode(sys: Sys, group: number, bdf?: string): { path: string; noiommu: boolean } {
   const entries = sys.readDir("/dev/vfio");
   if (typeof entries === "number") {
-    throw new VfioError({
-      op: "readdir",
-      errno: -entries,
-      path: "/dev/vfio",
-      action: "list VFIO groups",
-      hint: errnoName(-entries) === "ENOENT"
-        ? "VFIO is not available: load it with modprobe vfio-pci (CONFIG_VFIO)"
-        : undefined,
-    });
+    const init = { op: "readdir", errno: -entries, path: "/dev/vfio", action: "list VFIO groups" };
+    if (-entries === ENOENT) {
+      throw new VfioUnavailableError({ ...init, hint: "load VFIO with modprobe vfio-pci (CONFIG_VFIO)" });
+    }
+    check(entries, init);
   }
-  if (entries.includes(String(group))) return { path: `/dev/vfio/${group}`, noiommu: false };
-  if (entries.includes(`noiommu-${group}`)) return { path: `/dev/vfio/noiommu-${group}`, noiommu: true };
-  throw new VfioError({
-    op: "open",
-    errno: 2,
-    path: `/dev/vfio/${group}`,
-    action: `open VFIO group ${group}`,
-    hint: bdf === undefined
-      ? `no device of IOMMU group ${group} is bound to vfio-pci: bind one with \`vfio bind BDF\``
-      : `${bdf} is bound to ${driverOf(sys, bdf) ?? "no driver"}, not vfio-pci: run \`vfio bind ${bdf}\``,
-  });
+  const names = entries as string[];
+  if (names.includes(String(group))) return { path: `/dev/vfio/${group}`, noiommu: false };
+  if (names.includes(`noiommu-${group}`)) return { path: `/dev/vfio/noiommu-${group}`, noiommu: true };
+  // No syscall failed: the node is absent because no device of the group is bound to vfio-pci.
+  const init = { op: "open", path: `/dev/vfio/${group}`, action: `open VFIO group ${group}` };
+  if (bdf !== undefined) throw new DeviceNotBoundError(bdf, driverOf(sys, bdf), init);
+  const member = groupDevices(sys, group)[0];
+  if (member === undefined) throw new VfioError({ ...init, hint: `IOMMU group ${group} has no devices` });
+  throw new DeviceNotBoundError(member, driverOf(sys, member), init);
 }
 
 /**

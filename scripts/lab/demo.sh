@@ -15,11 +15,11 @@ step() { # TITLE COMMAND...
   fi
 }
 step "PCI devices and their VFIO status (Bun)" bun cli/vfio.ts list
-step "What VFIO says about the edu device (Deno)" deno run -A cli/vfio.ts info 0000:00:04.0
+step "What VFIO says about the edu device (Deno)" deno run --allow-ffi cli/vfio.ts info 0000:00:04.0
 step "Is this machine ready for VFIO? (Bun)" bun cli/vfio.ts doctor 0000:00:04.0
-step "edu driver: MMIO, factorial by MSI, DMA both ways (Deno)" deno run -A examples/edu.ts 0000:00:04.0
+step "edu driver: MMIO, factorial by MSI, DMA both ways (Deno)" deno run --allow-ffi examples/edu.ts 0000:00:04.0
 step "edu driver, same file (Bun)" bun examples/edu.ts 0000:00:04.0
 step "NVMe driver: identify, I/O queues, write and verify LBAs (Bun)" \
   bun examples/nvme.ts --verify 0000:00:05.0
-step "NVMe driver, polled completions (Deno)" deno run -A examples/nvme.ts --poll --verify 0000:00:05.0
+step "NVMe driver, polled completions (Deno)" deno run --allow-ffi examples/nvme.ts --poll --verify 0000:00:05.0
 exit $status

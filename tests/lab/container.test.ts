@@ -67,7 +67,7 @@ test("container: IOMMU info reports page sizes, IOVA ranges and DMA_AVAIL", {
     );
   }
   assert.ok(typeof info.dmaAvail === "number" && info.dmaAvail > 0, `dmaAvail ${info.dmaAvail}`);
-  assert.equal(c.iommuPageSize, 4096n);
+  assert.equal(c.iommuPageSize, 4096);
 });
 
 test("group: a group with a device on another driver is not viable, and the error names it", () => {

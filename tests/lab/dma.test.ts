@@ -59,14 +59,14 @@ for (const mode of HAS_IOMMU ? backends() : []) {
     const addr = sys.mmap(8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     try {
       if (last.last < 0xffffffffffffffffn) {
-        assert.throws(() => v.backend.mapDma(addr, last.last + 1n, 4096n), /outside the IOMMU's IOVA ranges/);
+        assert.throws(() => v.backend.mapDma(addr, last.last + 1n, 4096), /outside the IOMMU's IOVA ranges/);
       }
-      assert.throws(() => v.backend.mapDma(addr, 0xfee00000n, 4096n), /outside the IOMMU's IOVA ranges/);
-      assert.throws(() => v.backend.mapDma(addr + 1n, 0x100000n, 4096n), /multiples of the IOMMU page size/);
-      v.backend.mapDma(addr, 0x100000n, 8192n);
-      assert.throws(() => v.backend.mapDma(addr, 0x101000n, 4096n), /overlaps/);
-      assert.throws(() => v.backend.unmapDma(0x100000n, 4096n), /no mapping starts there/);
-      v.backend.unmapDma(0x100000n, 8192n);
+      assert.throws(() => v.backend.mapDma(addr, 0xfee00000n, 4096), /outside the IOMMU's IOVA ranges/);
+      assert.throws(() => v.backend.mapDma(addr + 1n, 0x100000n, 4096), /multiples of the IOMMU page size/);
+      v.backend.mapDma(addr, 0x100000n, 8192);
+      assert.throws(() => v.backend.mapDma(addr, 0x101000n, 4096), /overlaps/);
+      assert.throws(() => v.backend.unmapDma(0x100000n, 4096), /no mapping starts there/);
+      v.backend.unmapDma(0x100000n, 8192);
       assert.equal(v.backend.mappings.size, 0);
     } finally {
       sys.munmap(addr, 8192);
@@ -77,12 +77,12 @@ for (const mode of HAS_IOMMU ? backends() : []) {
     using v = openPciDevice(sys, EDU, mode.options);
     const addr = sys.mmap(16384, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     try {
-      for (let i = 0n; i < 4n; i++) v.backend.mapDma(addr + i * 4096n, 0x200000n + i * 0x10000n, 4096n);
+      for (let i = 0n; i < 4n; i++) v.backend.mapDma(addr + i * 4096n, 0x200000n + i * 0x10000n, 4096);
       assert.equal(v.backend.mappings.size, 4);
       v.backend.unmapAll();
       assert.equal(v.backend.mappings.size, 0);
-      v.backend.mapDma(addr, 0x200000n, 16384n); // the kernel accepts it again: it really was unmapped
-      v.backend.unmapDma(0x200000n, 16384n);
+      v.backend.mapDma(addr, 0x200000n, 16384); // the kernel accepts it again: it really was unmapped
+      v.backend.unmapDma(0x200000n, 16384);
     } finally {
       sys.munmap(addr, 16384);
     }
@@ -92,7 +92,7 @@ for (const mode of HAS_IOMMU ? backends() : []) {
     using v = openPciDevice(sys, EDU, mode.options);
     const addr = sys.mmap(4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     try {
-      assert.throws(() => v.backend.mapDma(addr, 0xfffffffffffff000n, 0x2000n), RangeError);
+      assert.throws(() => v.backend.mapDma(addr, 0xfffffffffffff000n, 0x2000), RangeError);
       if (mode.name === "legacy") {
         // Straight to the kernel, bypassing our checks: iova + size wraps around 2^64.
         const m = vfio_iommu_type1_dma_map.alloc();

@@ -27,10 +27,10 @@ for (const mode of backends()) {
     v.device.config.enableBusMaster();
     using bar0 = v.device.registers(0);
     quiesceEdu(bar0);
-    using msi = v.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX, 1);
-    assert.equal(msi.wait(0, 0), 0, "nothing pending before the device raises");
+    using msi = v.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX);
+    assert.equal(msi.wait({ timeoutMs: 0 }), 0, "nothing pending before the device raises");
     bar0.write32(edu.IRQ_RAISE, 0x1);
-    assert.equal(msi.wait(0, 5000), 1);
+    assert.equal(msi.wait({ timeoutMs: 5000 }), 1);
     assert.equal(bar0.read32(edu.IRQ_STATUS) & 1, 1);
     bar0.write32(edu.IRQ_ACK, 0x1);
     assert.equal(bar0.read32(edu.IRQ_STATUS), 0);
@@ -38,10 +38,10 @@ for (const mode of backends()) {
 
   test(`${mode.name}: loopback trigger signals the eventfd without the device`, () => {
     using v = openPciDevice(sys, EDU, mode.options);
-    using msi = v.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX, 1);
+    using msi = v.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX);
     msi.trigger();
     msi.trigger();
-    assert.equal(msi.wait(0, 1000), 2);
+    assert.equal(msi.wait({ timeoutMs: 1000 }), 2);
   });
 
   test(`${mode.name}: factorial completion interrupt awaited without blocking the event loop`, async () => {
@@ -49,7 +49,7 @@ for (const mode of backends()) {
     v.device.config.enableBusMaster();
     using bar0 = v.device.registers(0);
     quiesceEdu(bar0);
-    using msi = v.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX, 1);
+    using msi = v.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX);
     try {
       // The wait starts before anything can raise the interrupt, and the factorial is only started
       // from a timer: if next() blocked the thread, the timer could never run and this would hang.
@@ -70,7 +70,7 @@ for (const mode of backends()) {
 
   test(`${mode.name}: for await yields interrupts and ends when the IRQ closes`, async () => {
     using v = openPciDevice(sys, EDU, mode.options);
-    const msi = v.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX, 1);
+    const msi = v.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX);
     const seen: number[] = [];
     const loop = (async () => {
       for await (const n of msi) {
@@ -87,7 +87,7 @@ for (const mode of backends()) {
 
   test(`${mode.name}: closing an IRQ with a pending wait resolves it and releases the eventfd`, async () => {
     using v = openPciDevice(sys, EDU, mode.options);
-    const msi = v.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX, 1);
+    const msi = v.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX);
     const efd = msi.eventfds[0]!;
     const pending = msi.next();
     msi.close();
@@ -100,21 +100,21 @@ for (const mode of backends()) {
     using v = openPciDevice(sys, EDU, mode.options);
     using bar0 = v.device.registers(0);
     quiesceEdu(bar0);
-    using intx = v.device.enableIrq(VFIO_PCI_INTX_IRQ_INDEX, 1);
+    using intx = v.device.enableIrq(VFIO_PCI_INTX_IRQ_INDEX);
     bar0.write32(edu.IRQ_RAISE, 0x2);
-    assert.equal(intx.wait(0, 5000), 1);
+    assert.equal(intx.wait({ timeoutMs: 5000 }), 1);
     bar0.write32(edu.IRQ_ACK, 0x2);
     intx.unmask();
     bar0.write32(edu.IRQ_RAISE, 0x4);
-    assert.equal(intx.wait(0, 5000), 1);
+    assert.equal(intx.wait({ timeoutMs: 5000 }), 1);
     bar0.write32(edu.IRQ_ACK, 0x4);
     intx.unmask();
     // Masked: the device's interrupt is held back until unmask.
     intx.mask();
     bar0.write32(edu.IRQ_RAISE, 0x8);
-    assert.equal(intx.wait(0, 200), 0);
+    assert.equal(intx.wait({ timeoutMs: 200 }), 0);
     intx.unmask();
-    assert.equal(intx.wait(0, 5000), 1);
+    assert.equal(intx.wait({ timeoutMs: 5000 }), 1);
     bar0.write32(edu.IRQ_ACK, 0x8);
     intx.unmask();
   });
@@ -123,13 +123,13 @@ for (const mode of backends()) {
     using v = openPciDevice(sys, NVME, mode.options);
     const info = v.device.irqInfo(VFIO_PCI_MSIX_IRQ_INDEX);
     assert.ok(info.count >= 2, `NVMe has ${info.count} MSI-X vectors`);
-    using msix = v.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 2);
-    msix.trigger(1);
-    assert.equal(msix.wait(1, 1000), 1);
-    assert.equal(msix.wait(0, 0), 0);
+    using msix = v.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, { count: 2 });
+    msix.trigger({ start: 1 });
+    assert.equal(msix.wait({ vector: 1, timeoutMs: 1000 }), 1);
+    assert.equal(msix.wait({ timeoutMs: 0 }), 0);
     v.device.reset(); // clears the device's interrupt setup
     msix.rearm();
-    msix.trigger(0);
-    assert.equal(msix.wait(0, 1000), 1);
+    msix.trigger({ start: 0 });
+    assert.equal(msix.wait({ timeoutMs: 1000 }), 1);
   });
 }

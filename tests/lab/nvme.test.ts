@@ -42,7 +42,7 @@ function hostRead(offset: number, length: number): Uint8Array {
 
 /** Runs the command line on the runtime under test, with space-separated arguments. */
 function cli(args: string): { status: number | null; stdout: string; stderr: string } {
-  const argv = [...(sys.name === "deno" ? ["run", "-A", SCRIPT] : [SCRIPT]), ...args.split(" ")];
+  const argv = [...(sys.name === "deno" ? ["run", "--allow-ffi", SCRIPT] : [SCRIPT]), ...args.split(" ")];
   const r = spawnSync(process.execPath, argv, { encoding: "utf8", timeout: 100_000 });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
