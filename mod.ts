@@ -9,7 +9,7 @@
  * counts and indexes are `number`, and must be safe integers. Absent values are `undefined`.
  *
  * @example Read the edu device's ident register
- * ```ts ignore
+ * ```ts
  * import { open } from "vfio-ts";
  *
  * using edu = await open("0000:00:04.0");
@@ -27,7 +27,7 @@ export { loadSys } from "./ffi/mod.ts";
 export { type BackendChoice, type OpenedDevice, openIommu, type OpenOptions } from "./lib/open.ts";
 
 // IOMMU backends: the legacy container and iommufd, behind one interface
-export type { DmaAccess, IommuBackend, IovaRange } from "./lib/iommu.ts";
+export type { DmaAccess, IommuBackend, IommuBase, IommuOps, IovaRange } from "./lib/iommu.ts";
 export {
   type ContainerOptions,
   type IommuInfo,
@@ -113,7 +113,7 @@ export * as uapi from "./lib/uapi/mod.ts";
  * @throws {VfioError} With the errno and the fix, if another step fails.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { open } from "vfio-ts";
  *
  * using edu = await open("0000:00:04.0", { limit: (1n << 28n) - 1n }); // edu DMA is 28-bit

@@ -4,7 +4,7 @@
  * @module
  */
 import { capabilityChain } from "./caps.ts";
-import { UnsupportedError, VfioError, VfioUnavailableError } from "./errors.ts";
+import { UnsupportedError, type VfioError, VfioUnavailableError } from "./errors.ts";
 import { openFd, type OwnedFd } from "./fd.ts";
 import type { VfioDevice } from "./device.ts";
 import { VfioGroup } from "./group.ts";
@@ -108,7 +108,7 @@ export function groupDetached(container: VfioContainer, group: VfioGroup): void 
  * A VFIO container. Groups attach to it; once one has, the IOMMU type is set and DMA can be mapped.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { loadSys, VfioContainer } from "vfio-ts";
  *
  * const sys = await loadSys();

@@ -110,7 +110,7 @@ export function onDeviceClose(device: VfioDevice, fn: () => void): void {
  * Made by an IOMMU backend's `openDevice`, or by {@link open}.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { open } from "vfio-ts";
  *
  * using edu = await open("0000:00:04.0");

@@ -49,6 +49,8 @@ export class DmaBuffer implements Disposable {
   #free: (() => void) | undefined;
 
   /**
+   * Wraps memory the pool mapped.
+   *
    * @param iova The device-visible address.
    * @param vaddr The process address.
    * @param size The size in bytes.
@@ -159,7 +161,7 @@ const MAX_DMA_ALLOC = 2 ** 36;
  * backend, closes.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { DmaPool, loadSys, openIommu } from "vfio-ts";
  *
  * const sys = await loadSys();

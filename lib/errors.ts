@@ -85,6 +85,8 @@ export class VfioError extends Error {
  */
 export class VfioUnavailableError extends VfioError {
   /**
+   * Builds the error from the failed lookup.
+   *
    * @param init What failed; `code` is set by the class.
    */
   constructor(init: Omit<VfioErrorInit, "code">) {
@@ -99,6 +101,8 @@ export class DeviceNotFoundError extends VfioError {
   readonly bdf: string;
 
   /**
+   * Builds the error for an address with no device.
+   *
    * @param bdf The canonical address that was looked up.
    * @param init The lookup that failed; `code` and `hint` are set by the class.
    */
@@ -124,6 +128,8 @@ export class DeviceNotBoundError extends VfioError {
   readonly driver: string | undefined;
 
   /**
+   * Builds the error, naming the device's current driver and the fix.
+   *
    * @param bdf The device.
    * @param driver Its current driver.
    * @param init The operation that needed vfio-pci; `code` and `hint` are set by the class.
@@ -146,6 +152,8 @@ export class InvalidPciAddressError extends VfioError {
   readonly input: string;
 
   /**
+   * Builds the error for a text that is not a PCI address.
+   *
    * @param input The text that failed to parse.
    */
   constructor(input: string) {
@@ -167,6 +175,8 @@ export class InvalidPciAddressError extends VfioError {
  */
 export class UnsupportedError extends VfioError {
   /**
+   * Builds the error for a request the kernel or device cannot serve.
+   *
    * @param init What was asked; `code` is set by the class.
    */
   constructor(init: Omit<VfioErrorInit, "code">) {

@@ -107,7 +107,7 @@ const groupHints = (sys: Sys, group: number, path: string) => (code: string) => 
  * container alive while a group uses it.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { loadSys, VfioGroup } from "vfio-ts";
  *
  * const sys = await loadSys();

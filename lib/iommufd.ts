@@ -53,7 +53,7 @@ export interface IommufdOptions {
  * An IOAS in an iommufd context: the iommufd implementation of {@link IommuBase}.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { IommufdIoas, loadSys } from "vfio-ts";
  *
  * const sys = await loadSys();

@@ -130,7 +130,7 @@ export interface IrqVectorRange {
  * Made by {@link VfioDevice.enableIrq}.
  *
  * @example
- * ```ts ignore
+ * ```ts
  * import { open, VFIO_PCI_MSI_IRQ_INDEX } from "vfio-ts";
  *
  * using edu = await open("0000:00:04.0");
@@ -147,6 +147,10 @@ export class VfioIrq implements Disposable {
   #pending = 0;
   #deferredClose = false;
 
+  readonly #sys: Sys;
+  readonly #fd: OwnedFd;
+  readonly #onClose: () => void;
+
   /**
    * Creates one eventfd per vector and attaches them (SET_IRQS DATA_EVENTFD | ACTION_TRIGGER).
    *
@@ -156,10 +160,6 @@ export class VfioIrq implements Disposable {
    * @param count How many vectors to enable, from 0.
    * @param onClose Called once when closed.
    */
-  readonly #sys: Sys;
-  readonly #fd: OwnedFd;
-  readonly #onClose: () => void;
-
   constructor(
     sys: Sys,
     fd: OwnedFd,

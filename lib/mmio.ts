@@ -31,7 +31,11 @@ export interface MmioSegment {
  * naturally aligned and inside the region, or it throws a RangeError before touching anything.
  *
  * @example
- * ```ts ignore
+ * ```ts
+ * import { open } from "vfio-ts";
+ *
+ * using edu = await open("0000:00:04.0");
+ * const { device } = edu;
  * using bar0 = device.registers(0);
  * const ident = bar0.read32(0x00);
  * bar0.write32(0x04, 0x12345678);

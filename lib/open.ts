@@ -37,7 +37,7 @@ export interface OpenOptions extends DmaPoolOptions {
  * @throws {VfioUnavailableError} If the kernel has no VFIO (or no iommufd, when asked for).
  *
  * @example Two devices in one IOMMU address space
- * ```ts ignore
+ * ```ts
  * import { loadSys, openIommu } from "vfio-ts";
  *
  * using backend = openIommu(await loadSys());

@@ -235,8 +235,12 @@ export class PciConfig {
    * @returns The value.
    * @throws {RangeError} If the offset is outside config space.
    * @example
-   * ```ts ignore
-   * const pin = device.config.read8(PCI_INTERRUPT_PIN);
+   * ```ts
+   * import { open, uapi } from "vfio-ts";
+   *
+   * using edu = await open("0000:00:04.0");
+   * const { device } = edu;
+   * const pin = device.config.read8(uapi.PCI_INTERRUPT_PIN);
    * ```
    */
   read8(offset: number): number {
@@ -250,8 +254,12 @@ export class PciConfig {
    * @returns The value.
    * @throws {RangeError} If the offset is outside config space or unaligned.
    * @example
-   * ```ts ignore
-   * const status = device.config.read16(PCI_STATUS);
+   * ```ts
+   * import { open, uapi } from "vfio-ts";
+   *
+   * using edu = await open("0000:00:04.0");
+   * const { device } = edu;
+   * const status = device.config.read16(uapi.PCI_STATUS);
    * ```
    */
   read16(offset: number): number {
@@ -265,8 +273,12 @@ export class PciConfig {
    * @returns The value, unsigned.
    * @throws {RangeError} If the offset is outside config space or unaligned.
    * @example
-   * ```ts ignore
-   * const bar0 = device.config.read32(PCI_BASE_ADDRESS_0);
+   * ```ts
+   * import { open, uapi } from "vfio-ts";
+   *
+   * using edu = await open("0000:00:04.0");
+   * const { device } = edu;
+   * const bar0 = device.config.read32(uapi.PCI_BASE_ADDRESS_0);
    * ```
    */
   read32(offset: number): number {
@@ -280,8 +292,12 @@ export class PciConfig {
    * @param value 0..0xff (or its signed spelling).
    * @throws {RangeError} If the offset is outside config space or the value does not fit.
    * @example
-   * ```ts ignore
-   * device.config.write8(PCI_INTERRUPT_LINE, 11);
+   * ```ts
+   * import { open, uapi } from "vfio-ts";
+   *
+   * using edu = await open("0000:00:04.0");
+   * const { device } = edu;
+   * device.config.write8(uapi.PCI_INTERRUPT_LINE, 11);
    * ```
    */
   write8(offset: number, value: number): void {
@@ -295,8 +311,12 @@ export class PciConfig {
    * @param value 0..0xffff (or its signed spelling).
    * @throws {RangeError} If the offset is outside config space, unaligned, or the value does not fit.
    * @example
-   * ```ts ignore
-   * device.config.write16(PCI_STATUS, PCI_STATUS_SIG_SYSTEM_ERROR); // RW1C: clears that bit only
+   * ```ts
+   * import { open, uapi } from "vfio-ts";
+   *
+   * using edu = await open("0000:00:04.0");
+   * const { device } = edu;
+   * device.config.write16(uapi.PCI_STATUS, 1 << 14); // RW1C: clears Signaled System Error only
    * ```
    */
   write16(offset: number, value: number): void {
@@ -310,7 +330,11 @@ export class PciConfig {
    * @param value 0..0xffffffff (or its signed spelling).
    * @throws {RangeError} If the offset is outside config space, unaligned, or the value does not fit.
    * @example
-   * ```ts ignore
+   * ```ts
+   * import { open } from "vfio-ts";
+   *
+   * using edu = await open("0000:00:04.0");
+   * const { device } = edu;
    * device.config.write32(0x40, 0x12345678);
    * ```
    */
@@ -370,7 +394,11 @@ export class PciConfig {
    * @throws {RangeError} If the list is corrupt: it points into the header, loops, or holds an ID of
    * 0xff (what a device that stopped responding reads as).
    * @example
-   * ```ts ignore
+   * ```ts
+   * import { open } from "vfio-ts";
+   *
+   * using edu = await open("0000:00:04.0");
+   * const { device } = edu;
    * for (const cap of device.config.capabilities()) console.log(cap.name, cap.offset);
    * ```
    */
@@ -404,7 +432,11 @@ export class PciConfig {
    * @returns The capabilities in list order; empty for conventional PCI or a 0 / 0xffffffff header.
    * @throws {RangeError} If a next pointer points below 0x100 or the list loops.
    * @example
-   * ```ts ignore
+   * ```ts
+   * import { open } from "vfio-ts";
+   *
+   * using edu = await open("0000:00:04.0");
+   * const { device } = edu;
    * const dsn = device.config.extendedCapabilities().find((c) => c.name === "DSN");
    * ```
    */
@@ -436,8 +468,12 @@ export class PciConfig {
    * @returns The offset of the first capability with that ID, or undefined.
    * @throws {RangeError} If the list is corrupt (see {@link capabilities}).
    * @example
-   * ```ts ignore
-   * const exp = device.config.findCapability(PCI_CAP_ID_EXP);
+   * ```ts
+   * import { open, uapi } from "vfio-ts";
+   *
+   * using edu = await open("0000:00:04.0");
+   * const { device } = edu;
+   * const exp = device.config.findCapability(uapi.PCI_CAP_ID_EXP);
    * ```
    */
   findCapability(id: number): number | undefined {
@@ -451,8 +487,12 @@ export class PciConfig {
    * @returns The offset of the first capability with that ID, or undefined.
    * @throws {RangeError} If the list is corrupt (see {@link extendedCapabilities}).
    * @example
-   * ```ts ignore
-   * const sriov = device.config.findExtendedCapability(PCI_EXT_CAP_ID_SRIOV);
+   * ```ts
+   * import { open, uapi } from "vfio-ts";
+   *
+   * using edu = await open("0000:00:04.0");
+   * const { device } = edu;
+   * const sriov = device.config.findExtendedCapability(uapi.PCI_EXT_CAP_ID_SRIOV);
    * ```
    */
   findExtendedCapability(id: number): number | undefined {
@@ -468,7 +508,11 @@ export class PciConfig {
    * @throws {RangeError} If `sizes` is not six non-negative integers, the header is not type 0, or
    * BAR5 claims to be 64-bit.
    * @example
-   * ```ts ignore
+   * ```ts
+   * import { open } from "vfio-ts";
+   *
+   * using edu = await open("0000:00:04.0");
+   * const { device } = edu;
    * const bars = device.config.bars([0, 1, 2, 3, 4, 5].map((i) => device.region(i).info.size));
    * ```
    */
@@ -514,7 +558,11 @@ export class PciConfig {
    * @returns The decoded capability, or undefined when the device has none.
    * @throws {RangeError} If the capability list is corrupt or a vector count uses a reserved encoding.
    * @example
-   * ```ts ignore
+   * ```ts
+   * import { open } from "vfio-ts";
+   *
+   * using edu = await open("0000:00:04.0");
+   * const { device } = edu;
    * const msi = device.config.msi();
    * if (msi) console.log(`${msi.vectors} MSI vectors`);
    * ```
@@ -546,7 +594,11 @@ export class PciConfig {
    * @returns The decoded capability, or undefined when the device has none.
    * @throws {RangeError} If the capability list is corrupt or a BIR names no BAR (6 or 7).
    * @example
-   * ```ts ignore
+   * ```ts
+   * import { open } from "vfio-ts";
+   *
+   * using edu = await open("0000:00:04.0");
+   * const { device } = edu;
    * const msix = device.config.msix();
    * if (msix) console.log(`table in BAR${msix.tableBir} at ${msix.tableOffset}`);
    * ```
@@ -583,7 +635,7 @@ export class PciConfig {
    * @returns The value written.
    * @throws {RangeError} If `set` or `clear` is not a 16-bit value.
    * @example
-   * ```ts ignore
+   * ```ts
    * import { open, uapi } from "vfio-ts";
    *
    * using edu = await open("0000:00:04.0");
@@ -607,7 +659,11 @@ export class PciConfig {
    *
    * @returns The new command register.
    * @example
-   * ```ts ignore
+   * ```ts
+   * import { open } from "vfio-ts";
+   *
+   * using edu = await open("0000:00:04.0");
+   * const { device } = edu;
    * device.config.enableBusMaster();
    * ```
    */
@@ -620,7 +676,11 @@ export class PciConfig {
    *
    * @returns The new command register.
    * @example
-   * ```ts ignore
+   * ```ts
+   * import { open } from "vfio-ts";
+   *
+   * using edu = await open("0000:00:04.0");
+   * const { device } = edu;
    * device.config.enableMemory();
    * ```
    */
@@ -633,7 +693,11 @@ export class PciConfig {
    *
    * @returns The new command register.
    * @example
-   * ```ts ignore
+   * ```ts
+   * import { open } from "vfio-ts";
+   *
+   * using edu = await open("0000:00:04.0");
+   * const { device } = edu;
    * device.config.enableIo();
    * ```
    */

@@ -164,6 +164,8 @@ export class VfioRegion {
   readonly #fd: OwnedFd;
 
   /**
+   * Wraps one region of an open device.
+   *
    * @param sys The syscall backend.
    * @param fd The device fd.
    * @param info The region's info.

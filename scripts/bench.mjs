@@ -9,7 +9,10 @@
 //    bench/lab.sh inside it: the C baseline and both runtimes take turns on the edu device, then the
 //    NVMe controller is driven by examples/nvme.ts on each runtime and by the kernel's nvme driver
 //    under fio;
-// 5. writes bench/results.json and prints a table of ratios against the C (or kernel) baseline.
+// 5. writes bench/results.json and prints a table of ratios against the C (or kernel) baseline;
+//    rows of a partial run (--no-host, --no-lab, or a benchmark that failed) replace only the rows it
+//    measured, the others stay from earlier runs, each with its date;
+// 6. regenerates the README's results table from bench/results.json (scripts/bench_table.mjs --write).
 //
 // Timing never fails the command: goals are reported, not enforced. It exits non-zero only when a
 // stage could not run (a build, a runtime crash, a lab boot).
@@ -246,6 +249,7 @@ const DESCRIPTIONS = {
   "nvme.randread4k.qd32": "NVMe 4 KiB randread QD32 (bench/nvme_queue.ts, polled)",
 };
 const RATE_UNITS = new Set(["pairs/s", "IOPS"]);
+const today = new Date().toISOString().slice(0, 10);
 
 const median = (v) => {
   const s = [...v].sort((a, b) => a - b), m = s.length >> 1;
@@ -305,6 +309,7 @@ function rows(lines, machines) {
       ratio: round(ratio),
       where: e.where,
       machine: machines[e.where],
+      date: today,
       description: DESCRIPTIONS[e.bench] ?? e.bench,
       baseline: `${base?.side === "kernel" ? "kernel" : "C"} ${baseId}` +
         (goalEntry ? `: ${goalEntry[2]}` : ""),
@@ -320,11 +325,46 @@ function rows(lines, machines) {
       ...(!base ? { error: e.error ?? `no ${baseId} baseline was measured` } : {}),
     });
   }
+  return sortRows(out);
+}
+
+function sortRows(results) {
   const order = Object.keys(DESCRIPTIONS);
   const pos = (r) =>
     (r.where === "host" ? 0 : 1000) + (order.indexOf(r.benchmark) + 1 || 999) * 2 +
     (r.runtime === "bun" ? 1 : 0);
-  return out.sort((a, b) => pos(a) - pos(b));
+  return results.sort((a, b) => pos(a) - pos(b));
+}
+
+// The rows of this run over those already in bench/results.json, by (where, benchmark, runtime): a
+// --no-host run keeps the host rows, and a benchmark that measured nothing this time keeps its last
+// measurement. Each row carries the date it was measured.
+function mergeResults(file, fresh) {
+  let old = [];
+  if (existsSync(file)) {
+    try {
+      old = JSON.parse(readFileSync(file, "utf8"));
+      if (!Array.isArray(old)) throw new Error("not an array");
+    } catch (e) {
+      say(`ignoring the earlier bench/results.json (${e.message})`);
+      old = [];
+    }
+  }
+  const key = (r) => `${r.where}|${r.benchmark}|${r.runtime}`;
+  const map = new Map(old.filter((r) => r && typeof r === "object").map((r) => [key(r), r]));
+  let kept = 0;
+  for (const r of fresh) {
+    const prev = map.get(key(r));
+    if (r.value === undefined && prev?.value !== undefined) {
+      say(`${r.where} ${r.benchmark} (${r.runtime}) measured nothing; keeping the earlier row`);
+      continue;
+    }
+    map.set(key(r), r);
+  }
+  const measured = new Set(fresh.map(key));
+  for (const k of map.keys()) if (!measured.has(k)) kept++;
+  if (kept) say(`kept ${kept} rows from earlier runs in bench/results.json`);
+  return sortRows([...map.values()]);
 }
 
 function fmt(x) {
@@ -397,16 +437,27 @@ async function main() {
     lines.push(...lab.lines);
     machines.lab = `${lab.machine || "QEMU TCG guest (-cpu max, 1 vCPU)"} on ${machines.host}`;
   }
-  const results = rows(lines, machines);
+  const fresh = rows(lines, machines);
   const file = join(root, "bench", "results.json");
+  const results = mergeResults(file, fresh);
   writeFileSync(file, JSON.stringify(results, null, 2) + "\n");
   // deno fmt --check runs over the repo in `npm test`: keep the file in its format.
   spawnSync("deno", ["fmt", "-q", file], { cwd: root, env, stdio: "ignore" });
-  table(results, machines);
+  table(fresh, machines);
   const secs = Math.round((Date.now() - started) / 1000);
   console.log(
-    `\nbench: wrote ${results.length} rows to bench/results.json in ${Math.floor(secs / 60)}m${secs % 60}s`,
+    `\nbench: wrote ${results.length} rows (${fresh.length} measured now) to bench/results.json in ` +
+      `${Math.floor(secs / 60)}m${secs % 60}s`,
   );
+  // The README's table is generated from results.json, never copied by hand (npm test checks it).
+  const gen = spawnSync(process.execPath, [join(root, "scripts", "bench_table.mjs"), "--write"], {
+    cwd: root,
+    env,
+    stdio: "inherit",
+  });
+  if (gen.error || gen.status !== 0) {
+    failures.push(`scripts/bench_table.mjs --write exited with ${gen.error ?? gen.status}`);
+  }
   if (failures.length) {
     console.log("bench: some stages did not complete:");
     for (const f of failures) console.log(`  ${f}`);
