@@ -225,6 +225,7 @@ export class VfioDevice implements Disposable {
 
   /** PCI configuration space (the config region), read and written through the kernel. */
   get config(): PciConfig {
+    this.#fd.fd; // throws once closed, even when the config is cached
     this.#config ??= new PciConfig(this.region(VFIO_PCI_CONFIG_REGION_INDEX));
     return this.#config;
   }

@@ -5,7 +5,7 @@
  * @module
  */
 import { check } from "./errors.ts";
-import { type DmaAccess, type IommuBackend, onBackendClose } from "./iommu.ts";
+import { type DmaAccess, type IommuBackend, type IovaRange, onBackendClose } from "./iommu.ts";
 import { alignUp, IovaAllocator, isPowerOfTwo } from "./iova_allocator.ts";
 import {
   MAP_ANONYMOUS,
@@ -189,12 +189,38 @@ export class DmaPool implements Disposable {
    */
   constructor(readonly sys: Sys, readonly backend: IommuBackend, readonly options: DmaPoolOptions = {}) {
     const limit = options.limit;
-    if (limit !== undefined && (typeof limit !== "bigint" || limit < BigInt(backend.iommuPageSize))) {
+    // Page 0 is never handed out (see IovaAllocator), so the limit must reach the end of page 1.
+    if (
+      limit !== undefined && (typeof limit !== "bigint" || limit < 2n * BigInt(backend.iommuPageSize) - 1n)
+    ) {
       throw new RangeError(`Cannot create a DMA pool below IOVA ${limit}: the limit leaves no page to map`);
     }
-    this.#allocator = new IovaAllocator(backend.iovaRanges(), backend.iommuPageSize);
+    this.#ranges = backend.iovaRanges();
+    this.#allocator = new IovaAllocator(this.#ranges, backend.iommuPageSize);
     this.#forget = onBackendClose(backend, () => this.close());
   }
+
+  #ranges: IovaRange[];
+
+  // The kernel's ranges change when a device attaches to an iommufd IOAS (its reserved regions) or
+  // the container's IOMMU is set again; the allocator follows, keeping the live buffers.
+  #syncRanges(): void {
+    const now = this.backend.iovaRanges();
+    const same = now.length === this.#ranges.length &&
+      now.every((r, i) => r.start === this.#ranges[i]!.start && r.last === this.#ranges[i]!.last);
+    if (same) return;
+    this.#ranges = now;
+    this.#allocator.setRanges(now);
+  }
+
+  // IOVAs mapped by anyone else through the backend (a direct mapDma) are stepped over.
+  readonly #taken = (start: bigint, last: bigint): bigint | undefined => {
+    for (const [at, size] of this.backend.mappings) {
+      const end = at + BigInt(size) - 1n;
+      if (start <= end && at <= last) return end;
+    }
+    return undefined;
+  };
 
   /** The IOVA allocator, for inspection. */
   get allocator(): IovaAllocator {
@@ -226,31 +252,33 @@ export class DmaPool implements Disposable {
     if ((options.read ?? true) === false && (options.write ?? true) === false) {
       throw new RangeError("Cannot allocate DMA memory with no device access: allow read, write or both");
     }
+    this.#syncRanges();
     const unit = BigInt(Math.max(huge ?? this.sys.pageSize, this.backend.iommuPageSize));
     const length = Number(alignUp(BigInt(size), unit));
+    // The IOVA first: running out of IOVA space must not cost an mmap of the whole size.
+    const iova = this.#allocator.alloc(length, {
+      align: Number(unit),
+      avoid: this.#taken,
+      ...(this.options.limit !== undefined ? { limit: this.options.limit } : {}),
+    });
     const flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE |
       (huge ? MAP_HUGETLB | (Math.log2(huge) << MAP_HUGE_SHIFT) : 0);
     const vaddr = this.sys.mmap(length, PROT_READ | PROT_WRITE, flags, -1, 0);
-    if (vaddr < 0n) {
-      check(Number(vaddr), {
-        op: "mmap",
-        action: `allocate ${length} bytes of DMA memory`,
-        hints: (code) =>
-          huge && code === "ENOMEM"
-            ? `no free ${huge}-byte hugepages: reserve some in /sys/kernel/mm/hugepages/*/nr_hugepages`
-            : undefined,
-      });
-    }
-    let iova: bigint | undefined;
     try {
-      iova = this.#allocator.alloc(length, {
-        align: Number(unit),
-        ...(this.options.limit !== undefined ? { limit: this.options.limit } : {}),
-      });
+      if (vaddr < 0n) {
+        check(Number(vaddr), {
+          op: "mmap",
+          action: `allocate ${length} bytes of DMA memory`,
+          hints: (code) =>
+            huge && code === "ENOMEM"
+              ? `no free ${huge}-byte hugepages: reserve some in /sys/kernel/mm/hugepages/*/nr_hugepages`
+              : undefined,
+        });
+      }
       this.backend.mapDma(vaddr, iova, length, options);
     } catch (e) {
-      if (iova !== undefined) this.#allocator.free(iova, length);
-      this.sys.munmap(vaddr, length);
+      this.#allocator.free(iova, length);
+      if (vaddr >= 0n) this.sys.munmap(vaddr, length);
       throw e;
     }
     const at = iova;

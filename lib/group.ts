@@ -104,7 +104,8 @@ const groupHints = (sys: Sys, group: number, path: string) => (code: string) => 
  * A VFIO group. Devices are obtained from it once it is attached to a container.
  *
  * Closing order is free: the kernel keeps the group alive while a device from it is open, and the
- * container alive while a group uses it.
+ * container alive while a group uses it. One thing needs the group fd itself: a legacy hot reset
+ * ({@link VfioDevice.hotReset}) presents it to the kernel, so keep the group open until then.
  *
  * @example
  * ```ts
@@ -295,7 +296,15 @@ export class VfioGroup implements Disposable {
       },
     );
     // A hot reset must present every affected group: those of the container, or this one alone.
+    // The kernel wants a group fd, not just an open device, for each affected group: a closed group
+    // fd cannot be presented, and the reset would fail with EPERM, so it is refused here by name.
     const resetFds = () => {
+      if (this.closed) {
+        throw new TypeError(
+          `Cannot hot reset ${name}: its group fd ${this.path} was closed, and VFIO_DEVICE_PCI_HOT_RESET needs ` +
+            "it; keep the group open until the reset, or pass groupFds",
+        );
+      }
       const groups = this.#container ? [...this.#container.groups] : [this as VfioGroup];
       return groups.filter((g) => !g.closed).map((g) => g.fd);
     };

@@ -181,16 +181,18 @@ export abstract class IommuBase implements IommuBackend {
     if (typeof vaddr !== "bigint" || typeof iova !== "bigint" || !Number.isSafeInteger(size)) {
       throw new TypeError("Cannot map DMA: vaddr and iova must be bigints and size a safe integer");
     }
-    const page = this.iommuPageSize;
-    const pageN = BigInt(page);
     const len = BigInt(size);
-    if (
-      size <= 0 || size % page !== 0 || vaddr <= 0n || iova < 0n || vaddr % pageN !== 0n ||
-      iova % pageN !== 0n || vaddr + len - 1n > U64_MAX || iova + len - 1n > U64_MAX
-    ) {
+    // The checks that need no page size come first: reading it may cost an ioctl.
+    const bad = size <= 0 || vaddr <= 0n || iova < 0n || vaddr + len - 1n > U64_MAX ||
+      iova + len - 1n > U64_MAX;
+    const page = bad ? 0 : this.iommuPageSize;
+    const pageN = BigInt(page);
+    if (bad || size % page !== 0 || vaddr % pageN !== 0n || iova % pageN !== 0n) {
       throw new RangeError(
         `Cannot map DMA at iova ${hex(iova)} (vaddr ${hex(vaddr)}, size ${hex(size)}): vaddr must be ` +
-          `non-zero, all three multiples of the IOMMU page size ${hex(page)}, size positive, and both ` +
+          `non-zero, all three multiples of the IOMMU page size${
+            bad ? "" : ` ${hex(page)}`
+          }, size positive, and both ` +
           "ranges inside 64 bits",
       );
     }

@@ -133,10 +133,14 @@ export class IommufdIoas extends IommuBase {
     return this.#ioasId;
   }
 
-  /** The CPU page size: iommufd maps at that granularity. */
+  /**
+   * The IOVA alignment the IOAS requires (IOMMU_IOAS_IOVA_RANGES' `out_iova_alignment`, which grows
+   * with the attached devices' IOMMU page sizes), and at least the CPU page size.
+   */
   get iommuPageSize(): number {
     this.assertOpen();
-    return this.#sys.pageSize;
+    this.#iovaRanges();
+    return Math.max(this.#sys.pageSize, this.#alignment);
   }
 
   #alive(): boolean {
@@ -186,6 +190,7 @@ export class IommufdIoas extends IommuBase {
   // The ranges change only when a device attaches or leaves (its reserved regions) or with
   // allowIovas(), so they are read once per change rather than on every DMA map.
   #ranges: readonly IovaRange[] | undefined;
+  #alignment = 0;
 
   #iovaRanges(): readonly IovaRange[] {
     this.#ranges ??= this.#readRanges();
@@ -202,6 +207,11 @@ export class IommufdIoas extends IommuBase {
         const r = this.#sys.ioctlPtr(this.#fd.fd, IOMMU_IOAS_IOVA_RANGES, q.bytes);
         if (r === -ERRNO.EMSGSIZE!) return undefined;
         check(r, { op: "IOMMU_IOAS_IOVA_RANGES", path: this.path, action: "list IOVA ranges" });
+        const alignment = q.get("out_iova_alignment");
+        if (alignment > 1n << 30n || (alignment & (alignment - 1n)) !== 0n) {
+          throw new RangeError(`Cannot use IOVA alignment 0x${alignment.toString(16)} from the kernel`);
+        }
+        this.#alignment = Number(alignment);
         return Array.from({ length: q.get("num_iovas") }, (_, i) => {
           const range = iommu_iova_range.at(bytes, i * iommu_iova_range.size);
           return { start: range.get("start"), last: range.get("last") };

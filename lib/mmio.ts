@@ -80,6 +80,9 @@ export class Registers implements Disposable {
   // Picks the accessor for an access, after checking it, and rebases the offset.
   #at(offset: number, width: number): [RawMmio, number] {
     if (this.#closed) throw new TypeError(`Cannot access ${this.name}: its registers are closed`);
+    if (typeof offset !== "number") {
+      throw new TypeError(`Cannot access ${this.name} at offset ${String(offset)}: offsets are numbers`);
+    }
     if (!Number.isInteger(offset) || offset < 0 || offset + width > this.size) {
       throw new RangeError(
         `Cannot access ${
@@ -111,7 +114,10 @@ export class Registers implements Disposable {
   /** Reads 32 bits. @throws {RangeError} If out of bounds or unaligned. */
   read32(offset: number): number {
     const whole = this.#whole;
-    if (whole !== undefined && offset >>> 0 === offset && (offset & 3) === 0 && offset + 4 <= this.size) {
+    if (
+      whole !== undefined && typeof offset === "number" && offset >>> 0 === offset && (offset & 3) === 0 &&
+      offset + 4 <= this.size
+    ) {
       return whole.read32(offset);
     }
     const [io, o] = this.#at(offset, 4);
@@ -136,8 +142,8 @@ export class Registers implements Disposable {
   write32(offset: number, value: number): void {
     const whole = this.#whole;
     if (
-      whole !== undefined && offset >>> 0 === offset && (offset & 3) === 0 && offset + 4 <= this.size &&
-      (value >>> 0 === value || (value | 0) === value)
+      whole !== undefined && typeof offset === "number" && offset >>> 0 === offset && (offset & 3) === 0 &&
+      offset + 4 <= this.size && typeof value === "number" && (value >>> 0 === value || (value | 0) === value)
     ) {
       return whole.write32(offset, value >>> 0);
     }
@@ -173,6 +179,7 @@ export class Registers implements Disposable {
 }
 
 function checkValue(value: number, max: number): number {
+  if (typeof value !== "number") throw new TypeError(`Cannot write ${String(value)}: expected a number`);
   if (!Number.isInteger(value)) throw new RangeError(`Cannot write ${value}: expected an integer`);
   // Accept the signed spelling of the same bit pattern (e.g. ~x in JavaScript is negative).
   const v = value < 0 && value >= -(max + 1) / 2 ? value + max + 1 : value;

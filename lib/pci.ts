@@ -570,6 +570,7 @@ export class PciConfig {
   msi(): PciMsi | undefined {
     const offset = this.findCapability(PCI_CAP_ID_MSI);
     if (offset === undefined) return undefined;
+    capabilityFits("MSI", offset, PCI_MSI_FLAGS + 2);
     const flags = this.read16(offset + PCI_MSI_FLAGS);
     const capable = (flags & PCI_MSI_FLAGS_QMASK) >> 1, enabled = (flags & PCI_MSI_FLAGS_QSIZE) >> 4;
     // Encodings 6 and 7 are reserved: at most 32 vectors.
@@ -606,6 +607,7 @@ export class PciConfig {
   msix(): PciMsix | undefined {
     const offset = this.findCapability(PCI_CAP_ID_MSIX);
     if (offset === undefined) return undefined;
+    capabilityFits("MSI-X", offset, PCI_MSIX_PBA + 4);
     const flags = this.read16(offset + PCI_MSIX_FLAGS);
     const table = this.read32(offset + PCI_MSIX_TABLE), pba = this.read32(offset + PCI_MSIX_PBA);
     const tableBir = table & PCI_MSIX_TABLE_BIR, pbaBir = pba & PCI_MSIX_PBA_BIR;
@@ -703,5 +705,16 @@ export class PciConfig {
    */
   enableIo(): number {
     return this.setCommand({ set: PCI_COMMAND_IO });
+  }
+}
+
+// A standard capability lives in the first 256 bytes; one whose registers run past that is corrupt,
+// and decoding it would read the extended space as if it were the capability.
+function capabilityFits(name: string, offset: number, length: number): void {
+  if (offset + length > PCI_CFG_SPACE_SIZE) {
+    throw new RangeError(
+      `Cannot decode the ${name} capability at ${hex(offset)}: its ${length} bytes run past the standard ` +
+        `configuration space (${hex(PCI_CFG_SPACE_SIZE)})`,
+    );
   }
 }

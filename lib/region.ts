@@ -344,6 +344,7 @@ export class VfioRegion {
    * @throws {RangeError} If the region is not implemented.
    */
   registers(options: RegistersOptions = {}): Registers {
+    this.#fd.fd; // throws once the device is closed
     if (this.info.size === 0) {
       throw new RangeError(`Cannot access ${this.name}: the region is not implemented`);
     }

@@ -40,7 +40,6 @@ export function iommuGroupOf(sys: Sys, bdf: string): number {
   const path = `${pciDeviceDir(name)}/iommu_group`;
   const link = sys.readLink(path);
   if (typeof link === "number") {
-    // Without an IOMMU, vfio's no-IOMMU mode makes a group only for a device bound to vfio-pci.
     const noiommu = sys.readText("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode");
     const action = `find the IOMMU group of ${name}`;
     if (typeof noiommu === "string" && noiommu.trim() === "Y") {

@@ -40,8 +40,15 @@ const MODULES: Record<string, Record<string, unknown>> = {
   "vfio.ts": vfio,
 };
 
-/** Modules that only re-export the ones above; the coverage test checks that they add nothing. */
-const BARRELS: Record<string, Record<string, unknown>> = { "mod.ts": barrel };
+/**
+ * Modules that only re-export the ones above, each with the modules it re-exports. The coverage
+ * test checks that a barrel adds nothing of its own, takes nothing from any other module, and
+ * leaves out none of its modules' names. lib/uapi/mod.ts is the public `uapi` namespace: the kernel
+ * tables and the struct classes, not libc.ts or ioctl.ts, which stay internal to the library.
+ */
+const BARRELS: Record<string, { module: Record<string, unknown>; from: string[] }> = {
+  "mod.ts": { module: barrel, from: ["vfio.ts", "iommufd.ts", "pci.ts", "struct.ts"] },
+};
 
 /** Exports that are not C names, and the test that covers each instead. */
 const HELPERS: Record<string, string> = {
@@ -431,10 +438,22 @@ test("every lib/uapi export is checked", () => {
       }
     }
   }
-  for (const [file, module] of Object.entries(BARRELS)) {
+  for (const [file, { module, from }] of Object.entries(BARRELS)) {
     for (const [name, value] of Object.entries(module)) {
-      const source = Object.values(MODULES).some((m) => name in m && m[name] === value);
-      if (!source) uncovered.push(`lib/uapi/${file}: ${name}: not a re-export of a checked module`);
+      if (from.some((f) => name in MODULES[f]! && MODULES[f]![name] === value)) continue;
+      const other = Object.keys(MODULES).find((f) => name in MODULES[f]! && MODULES[f]![name] === value);
+      uncovered.push(
+        other
+          ? `lib/uapi/${file}: ${name}: re-exported from lib/uapi/${other}, which it must not expose`
+          : `lib/uapi/${file}: ${name}: not a re-export of a checked module`,
+      );
+    }
+    for (const f of from) {
+      for (const name of Object.keys(MODULES[f]!)) {
+        if (!(name in module)) {
+          uncovered.push(`lib/uapi/${file}: ${name}: exported by lib/uapi/${f} but not re-exported`);
+        }
+      }
     }
   }
   // A listed exception that no longer exists is stale; drop it so the lists stay honest.

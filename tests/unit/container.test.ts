@@ -5,7 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { VfioContainer } from "../../lib/container.ts";
-import { VfioError } from "../../lib/errors.ts";
+import { UnsupportedError, VfioError, VfioUnavailableError } from "../../lib/errors.ts";
 import { VfioGroup } from "../../lib/group.ts";
 import {
   VFIO_DMA_MAP_FLAG_READ,
@@ -32,27 +32,46 @@ function attached(fake = withEdu(), type?: number) {
   return { fake, container, group, vaddr, close };
 }
 
-test("container: open checks the API version and closes the fd on a mismatch", () => {
+test("container: open checks the API version and closes the fd on a mismatch (VfioUnavailableError, no errno)", () => {
   const fake = new FakeSys();
   fake.apiVersion = 1;
   assert.throws(() => VfioContainer.open(fake), (e: unknown) => {
-    assert.ok(e instanceof VfioError);
-    assert.match(e.message, /Cannot use VFIO API version 1 on \/dev\/vfio\/vfio .*speaks version 0/);
+    assert.ok(e instanceof VfioUnavailableError);
+    assert.equal(e.code, "ERR_VFIO_UNAVAILABLE");
+    assert.equal(e.errno, undefined); // the ioctl succeeded: no errno to report
+    assert.equal(
+      e.message,
+      "Cannot use VFIO API version 1 on /dev/vfio/vfio: this library speaks version 0",
+    );
     return true;
   });
   assert.deepEqual(fake.leaks(), []);
 });
 
-test("container: a missing /dev/vfio/vfio says to load vfio-pci", () => {
+test("container: a missing /dev/vfio/vfio is a VfioUnavailableError keeping ENOENT, and says to load vfio-pci", () => {
   const fake = new FakeSys();
   fake.vfioLoaded = false;
-  assert.throws(() => VfioContainer.open(fake), /\(open: ENOENT\): VFIO is not available: modprobe vfio-pci/);
+  assert.throws(() => VfioContainer.open(fake), (e: unknown) => {
+    assert.ok(e instanceof VfioUnavailableError);
+    assert.equal(e.code, "ERR_VFIO_UNAVAILABLE");
+    assert.equal(e.errno, 2); // open(2) really failed
+    assert.match(
+      e.message,
+      /^Cannot open \/dev\/vfio\/vfio \(open: ENOENT\): VFIO is not available on this machine: load it with modprobe vfio-pci/,
+    );
+    return true;
+  });
 });
 
 test("container: EACCES on /dev/vfio/vfio says to run as root", () => {
   const fake = new FakeSys();
   using _ = fake.fail("open", "/dev/vfio/vfio", "EACCES");
-  assert.throws(() => VfioContainer.open(fake), /\(open: EACCES\): run as root/);
+  assert.throws(() => VfioContainer.open(fake), (e: unknown) => {
+    assert.ok(e instanceof VfioError && !(e instanceof VfioUnavailableError));
+    assert.equal(e.code, "EACCES");
+    assert.match(e.message, /^Cannot open \/dev\/vfio\/vfio \(open: EACCES\): run as root/);
+    return true;
+  });
 });
 
 test("container: a failing GET_API_VERSION closes the container fd", () => {
@@ -115,8 +134,10 @@ test("container: a noiommu-N group gets the no-IOMMU type, which cannot map DMA"
     assert.equal(container.translates, false);
     assert.equal(fake.containers[0]!.type, VFIO_NOIOMMU_IOMMU);
     assert.deepEqual(container.info().iovaRanges, []);
-    assert.throws(() => container.mapDma(0x1000n, 0x1000n, 0x1000n), (e: unknown) => {
-      assert.ok(e instanceof VfioError);
+    assert.throws(() => container.mapDma(0x1000n, 0x1000n, 0x1000), (e: unknown) => {
+      assert.ok(e instanceof UnsupportedError);
+      assert.equal(e.code, "ERR_VFIO_UNSUPPORTED");
+      assert.equal(e.errno, undefined); // no ioctl was made, so none failed
       assert.match(e.message, /no-IOMMU mode has no IOMMU translation to program/);
       return true;
     });
@@ -158,10 +179,10 @@ test("container: an unsupported IOMMU type says which one and how to check", () 
 test("container: setting the same type again is a no-op, another type a TypeError", () => {
   const t = attached();
   try {
-    t.container.setIommu(VFIO_TYPE1v2_IOMMU);
+    t.container.setIommu({ type: VFIO_TYPE1v2_IOMMU });
     t.container.setIommu();
     assert.equal(t.fake.ioctls().filter((n) => n === "VFIO_SET_IOMMU").length, 1);
-    assert.throws(() => t.container.setIommu(VFIO_TYPE1_IOMMU), /already uses type1v2/);
+    assert.throws(() => t.container.setIommu({ type: VFIO_TYPE1_IOMMU }), /already uses type1v2/);
   } finally {
     t.close();
   }
@@ -175,7 +196,7 @@ test("container: IOMMU info is re-queried with the argsz the kernel asks for", (
     const gets = t.fake.calls.filter((c) => c.name === "VFIO_IOMMU_GET_INFO");
     assert.equal(gets.length, 2);
     assert.equal(info.pageSizes, 0x40201000n);
-    assert.equal(t.container.iommuPageSize, 4096n);
+    assert.equal(t.container.iommuPageSize, 4096);
     assert.deepEqual(info.iovaRanges, [{ start: 0n, last: 0xfedfffffn }, {
       start: 0xfef00000n,
       last: 0xffffffffffn,
@@ -207,9 +228,15 @@ test("container: without capabilities the IOVA space is the whole 64 bits", () =
 test("container: DMA_AVAIL is read fresh each time, the ranges once", () => {
   const t = attached();
   try {
-    t.container.info();
-    t.container.mapDma(t.vaddr, 0x100000n, 0x1000n);
-    assert.equal(t.container.info().dmaAvail, 65534);
+    const first = t.container.info();
+    assert.equal(first.dmaAvail, 65535);
+    // The kernel now reports other ranges: the container keeps the ones it read first.
+    t.fake.iovaRanges = [{ start: 0x100000n, last: 0x1fffffn }];
+    t.container.mapDma(t.vaddr, 0x100000n, 0x1000);
+    const second = t.container.info();
+    assert.equal(second.dmaAvail, 65534);
+    assert.deepEqual(second.iovaRanges, first.iovaRanges);
+    assert.deepEqual(t.container.iovaRanges(), first.iovaRanges);
   } finally {
     t.close();
   }
@@ -218,8 +245,8 @@ test("container: DMA_AVAIL is read fresh each time, the ranges once", () => {
 test("container: mapDma maps read-write by default, read-only on request", () => {
   const t = attached();
   try {
-    t.container.mapDma(t.vaddr, 0x100000n, 0x2000n);
-    t.container.mapDma(t.vaddr + 0x2000n, 0x200000n, 0x1000n, { write: false });
+    t.container.mapDma(t.vaddr, 0x100000n, 0x2000);
+    t.container.mapDma(t.vaddr + 0x2000n, 0x200000n, 0x1000, { write: false });
     const kernel = t.fake.containers[0]!.mappings;
     assert.deepEqual(kernel.get(0x100000n), {
       iova: 0x100000n,
@@ -228,7 +255,7 @@ test("container: mapDma maps read-write by default, read-only on request", () =>
       flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
     });
     assert.equal(kernel.get(0x200000n)!.flags, VFIO_DMA_MAP_FLAG_READ);
-    assert.deepEqual([...t.container.mappings], [[0x100000n, 0x2000n], [0x200000n, 0x1000n]]);
+    assert.deepEqual([...t.container.mappings], [[0x100000n, 0x2000], [0x200000n, 0x1000]]);
   } finally {
     t.close();
   }
@@ -237,26 +264,26 @@ test("container: mapDma maps read-write by default, read-only on request", () =>
 test("container: mapDma refuses misaligned, empty, out-of-range and overlapping maps without an ioctl", () => {
   const t = attached();
   try {
-    t.container.mapDma(t.vaddr, 0x100000n, 0x2000n);
+    t.container.mapDma(t.vaddr, 0x100000n, 0x2000);
     t.fake.calls = [];
     const c = t.container;
     assert.throws(
-      () => c.mapDma(t.vaddr + 1n, 0x200000n, 0x1000n),
+      () => c.mapDma(t.vaddr + 1n, 0x200000n, 0x1000),
       /multiples of the IOMMU page size 0x1000/,
     );
-    assert.throws(() => c.mapDma(t.vaddr, 0x200800n, 0x1000n), RangeError);
-    assert.throws(() => c.mapDma(t.vaddr, 0x200000n, 0x800n), RangeError);
-    assert.throws(() => c.mapDma(t.vaddr, 0x200000n, 0n), RangeError);
+    assert.throws(() => c.mapDma(t.vaddr, 0x200800n, 0x1000), RangeError);
+    assert.throws(() => c.mapDma(t.vaddr, 0x200000n, 0x800), RangeError);
+    assert.throws(() => c.mapDma(t.vaddr, 0x200000n, 0), RangeError);
     assert.throws(
-      () => c.mapDma(t.vaddr, 0xfee00000n, 0x1000n),
+      () => c.mapDma(t.vaddr, 0xfee00000n, 0x1000),
       /outside the IOMMU's IOVA ranges 0x0..0xfedfffff/,
     );
-    assert.throws(() => c.mapDma(t.vaddr, 0xfedff000n, 0x2000n), /outside the IOMMU's IOVA ranges/);
+    assert.throws(() => c.mapDma(t.vaddr, 0xfedff000n, 0x2000), /outside the IOMMU's IOVA ranges/);
     assert.throws(
-      () => c.mapDma(t.vaddr, 0x101000n, 0x1000n),
+      () => c.mapDma(t.vaddr, 0x101000n, 0x1000),
       /overlaps the mapping at 0x100000 \(size 0x2000\)/,
     );
-    assert.throws(() => c.mapDma(t.vaddr, 0xff000n, 0x2000n), /overlaps/);
+    assert.throws(() => c.mapDma(t.vaddr, 0xff000n, 0x2000), /overlaps/);
     assert.ok(!t.fake.ioctls().includes("VFIO_IOMMU_MAP_DMA"));
     assert.equal(t.container.mappings.size, 1);
   } finally {
@@ -269,7 +296,7 @@ test("container: ENOMEM from MAP_DMA names RLIMIT_MEMLOCK, its value and ulimit 
   fake.memlock = 32n << 10n;
   const t = attached(fake);
   try {
-    assert.throws(() => t.container.mapDma(t.vaddr, 0x100000n, 0x10000n), (e: unknown) => {
+    assert.throws(() => t.container.mapDma(t.vaddr, 0x100000n, 0x10000), (e: unknown) => {
       assert.ok(e instanceof VfioError);
       assert.equal(e.code, "ENOMEM");
       assert.match(
@@ -290,11 +317,11 @@ test("container: other MAP_DMA errors carry their own fixes", () => {
   const t = attached();
   try {
     assert.throws(
-      () => t.container.mapDma(0x1000n, 0x100000n, 0x1000n),
+      () => t.container.mapDma(0x1000n, 0x100000n, 0x1000),
       /EFAULT\): the virtual address range is not mapped/,
     );
     t.fake.dmaAvail = 0;
-    assert.throws(() => t.container.mapDma(t.vaddr, 0x100000n, 0x1000n), /ENOSPC\): .*dma_entry_limit/);
+    assert.throws(() => t.container.mapDma(t.vaddr, 0x100000n, 0x1000), /ENOSPC\): .*dma_entry_limit/);
   } finally {
     t.close();
   }
@@ -303,10 +330,10 @@ test("container: other MAP_DMA errors carry their own fixes", () => {
 test("container: unmapDma needs the exact mapping and removes it in the kernel", () => {
   const t = attached();
   try {
-    t.container.mapDma(t.vaddr, 0x100000n, 0x2000n);
-    assert.throws(() => t.container.unmapDma(0x100000n, 0x1000n), /no mapping starts there with that size/);
-    assert.throws(() => t.container.unmapDma(0x101000n, 0x1000n), RangeError);
-    t.container.unmapDma(0x100000n, 0x2000n);
+    t.container.mapDma(t.vaddr, 0x100000n, 0x2000);
+    assert.throws(() => t.container.unmapDma(0x100000n, 0x1000), /no mapping starts there with that size/);
+    assert.throws(() => t.container.unmapDma(0x101000n, 0x1000), RangeError);
+    t.container.unmapDma(0x100000n, 0x2000);
     assert.equal(t.fake.containers[0]!.mappings.size, 0);
     assert.equal(t.container.mappings.size, 0);
   } finally {
@@ -317,8 +344,8 @@ test("container: unmapDma needs the exact mapping and removes it in the kernel",
 test("container: unmapAll uses VFIO_DMA_UNMAP_FLAG_ALL when the kernel has it", () => {
   const t = attached();
   try {
-    t.container.mapDma(t.vaddr, 0x100000n, 0x1000n);
-    t.container.mapDma(t.vaddr + 0x1000n, 0x200000n, 0x1000n);
+    t.container.mapDma(t.vaddr, 0x100000n, 0x1000);
+    t.container.mapDma(t.vaddr + 0x1000n, 0x200000n, 0x1000);
     t.fake.calls = [];
     t.container.unmapAll();
     assert.equal(t.fake.ioctls().filter((n) => n === "VFIO_IOMMU_UNMAP_DMA").length, 1);
@@ -334,8 +361,8 @@ test("container: unmapAll unmaps one by one on kernels without VFIO_UNMAP_ALL", 
   fake.extensions.delete(VFIO_UNMAP_ALL);
   const t = attached(fake);
   try {
-    t.container.mapDma(t.vaddr, 0x100000n, 0x1000n);
-    t.container.mapDma(t.vaddr + 0x1000n, 0x200000n, 0x1000n);
+    t.container.mapDma(t.vaddr, 0x100000n, 0x1000);
+    t.container.mapDma(t.vaddr + 0x1000n, 0x200000n, 0x1000);
     fake.calls = [];
     t.container.unmapAll();
     assert.equal(fake.ioctls().filter((n) => n === "VFIO_IOMMU_UNMAP_DMA").length, 2);
@@ -348,7 +375,7 @@ test("container: unmapAll unmaps one by one on kernels without VFIO_UNMAP_ALL", 
 test("container: when the last group leaves, the kernel drops the IOMMU and the mappings are forgotten", () => {
   const t = attached();
   try {
-    t.container.mapDma(t.vaddr, 0x100000n, 0x1000n);
+    t.container.mapDma(t.vaddr, 0x100000n, 0x1000);
     t.group.unsetContainer();
     assert.equal(t.container.kind, "unset");
     assert.equal(t.container.mappings.size, 0);
@@ -363,12 +390,12 @@ test("container: when the last group leaves, the kernel drops the IOMMU and the 
 
 test("container: close unmaps what is left, then closes the fd; use after close is a TypeError", () => {
   const t = attached();
-  t.container.mapDma(t.vaddr, 0x100000n, 0x1000n);
+  t.container.mapDma(t.vaddr, 0x100000n, 0x1000);
   t.container.close();
   assert.equal(t.fake.containers[0]!.mappings.size, 0);
   assert.equal(t.container.closed, true);
   assert.throws(() => t.container.fd, /Cannot use \/dev\/vfio\/vfio: it is closed/);
-  assert.throws(() => t.container.mapDma(t.vaddr, 0x200000n, 0x1000n), /the IOMMU backend is closed/);
+  assert.throws(() => t.container.mapDma(t.vaddr, 0x200000n, 0x1000), /the IOMMU backend is closed/);
   assert.throws(() => t.container.iovaRanges(), TypeError);
   assert.throws(() => t.container.openDevice(EDU), TypeError);
   t.container.close();
@@ -415,4 +442,45 @@ test("container: a failed openDevice closes the group it opened", () => {
   assert.equal(container.groups.size, 0);
   const device = container.openDevice(EDU); // and it still works after
   assert.equal(device.info().pci, true);
+});
+
+test("container: mapDma refuses vaddr 0n, negative addresses, ranges past 2^64, no access and a non-safe-integer size before any ioctl", () => {
+  const t = attached();
+  try {
+    t.container.info(); // the page size and ranges, read once: the argument checks need them
+    t.fake.calls = [];
+    const c = t.container;
+    const outside = /vaddr must be non-zero, .*and both ranges inside 64 bits/;
+    assert.throws(() => c.mapDma(0n, 0x100000n, 0x1000), outside);
+    assert.throws(() => c.mapDma(-0x1000n, 0x100000n, 0x1000), outside);
+    assert.throws(() => c.mapDma(t.vaddr, -0x1000n, 0x1000), outside);
+    assert.throws(() => c.mapDma(0xfffffffffffff000n, 0x100000n, 0x2000), outside);
+    assert.throws(() => c.mapDma(t.vaddr, 0xfffffffffffff000n, 0x2000), outside);
+    assert.throws(
+      () => c.mapDma(t.vaddr, 0x100000n, 0x1000, { read: false, write: false }),
+      (e: unknown) => e instanceof RangeError && /with no access: allow read, write or both/.test(e.message),
+    );
+    for (const size of [2 ** 53, 2 ** 64, 0x1000 + 0.5, NaN, Infinity]) {
+      assert.throws(
+        () => c.mapDma(t.vaddr, 0x100000n, size),
+        (e: unknown) => e instanceof TypeError && /size a safe integer/.test(e.message),
+        String(size),
+      );
+    }
+    assert.deepEqual(t.fake.ioctls(), []);
+    assert.equal(c.mappings.size, 0);
+  } finally {
+    t.close();
+  }
+});
+
+test("container: iommuPageSize after close is a TypeError", () => {
+  const t = attached();
+  assert.equal(t.container.iommuPageSize, 4096);
+  t.close();
+  assert.throws(() => t.container.iommuPageSize, (e: unknown) => {
+    assert.ok(e instanceof TypeError);
+    assert.match(e.message, /Cannot use \/dev\/vfio\/vfio: the .* backend is closed/);
+    return true;
+  });
 });

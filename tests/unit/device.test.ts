@@ -4,7 +4,8 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { VfioError } from "../../lib/errors.ts";
+import { onDeviceClose } from "../../lib/device.ts";
+import { UnsupportedError, VfioError } from "../../lib/errors.ts";
 import {
   VFIO_DEVICE_FEATURE_GET,
   VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY,
@@ -44,7 +45,13 @@ test("device: info decodes the flags and counts, and is read once", () => {
 test("device: the name is the canonical PCI address and the fd path names it", () => {
   using t = open();
   assert.equal(t.device.name, EDU);
-  assert.equal(t.device.ownedFd.path, "/dev/vfio/4 (0000:00:04.0)");
+  using _ = t.fake.fail("ioctl", "VFIO_DEVICE_GET_INFO", "EIO");
+  assert.throws(() => t.device.info(), (e: unknown) => {
+    assert.ok(e instanceof VfioError);
+    assert.equal(e.path, "/dev/vfio/4 (0000:00:04.0)");
+    assert.match(e.message, / on \/dev\/vfio\/4 \(0000:00:04.0\) \(VFIO_DEVICE_GET_INFO: EIO\)/);
+    return true;
+  });
   assert.equal(typeof t.device.fd, "number");
 });
 
@@ -69,15 +76,19 @@ test("device: reset issues VFIO_DEVICE_RESET", () => {
   assert.equal(t.dev.resets, 1);
 });
 
-test("device: reset without a reset method is a VfioError that points to hotReset", () => {
+test("device: reset without a reset method is an UnsupportedError with no errno, points to hotReset, and issues no VFIO_DEVICE_RESET", () => {
   using t = open({ reset: false });
   assert.throws(() => t.device.reset(), (e: unknown) => {
+    assert.ok(e instanceof UnsupportedError);
     assert.ok(e instanceof VfioError);
-    assert.equal(e.code, "ENOTTY");
+    assert.equal(e.code, "ERR_VFIO_UNSUPPORTED");
+    assert.equal(e.errno, undefined);
+    assert.doesNotMatch(e.message, /\(VFIO_DEVICE_RESET: /); // no errno in the message: no ioctl failed
     assert.match(e.message, /Cannot reset 0000:00:04.0 .*no function-level reset method .*try hotReset\(\)/);
     return true;
   });
   assert.ok(!t.fake.ioctls().includes("VFIO_DEVICE_RESET"));
+  assert.equal(t.dev.resets, 0);
 });
 
 test("device: a failing reset is reported, not ignored", () => {
@@ -104,7 +115,7 @@ test("device: hotReset presents the container's group fds, and a refusal says wh
   using t = open({ hotReset: [{ bdf: EDU, group: 4 }] });
   t.device.hotReset();
   assert.equal(t.dev.resets, 1);
-  assert.throws(() => t.device.hotReset([]), (e: unknown) => {
+  assert.throws(() => t.device.hotReset({ groupFds: [] }), (e: unknown) => {
     assert.ok(e instanceof VfioError);
     assert.equal(e.code, "EPERM");
     assert.match(
@@ -131,7 +142,7 @@ test("device: close releases interrupts, then mappings, then the fd, and is idem
   t.device.enableIrq(0);
   t.fake.calls = [];
   let notified = 0;
-  t.device.onClose(() => notified++);
+  onDeviceClose(t.device, () => notified++);
   t.device.close();
   t.device.close();
   assert.deepEqual(t.fake.calls.map((c) => c.name ?? c.op), [
@@ -158,7 +169,7 @@ test("device: a bad region or IRQ index is a RangeError before any region ioctl"
 test("device: a failing teardown step still releases the rest, then reports the error", () => {
   using t = open();
   const regs = t.device.registers(0);
-  const irq = t.device.enableIrq(2, 2);
+  const irq = t.device.enableIrq(2, { count: 2 });
   {
     using _ = t.fake.fail("ioctl", "VFIO_DEVICE_SET_IRQS", "EIO");
     assert.throws(() => t.device.close(), /Cannot disable IRQ index 2 .*\(VFIO_DEVICE_SET_IRQS: EIO\)/);

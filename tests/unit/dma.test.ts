@@ -70,7 +70,7 @@ test("dma: free unmaps the IOVA, then unmaps the memory, and detaches every view
   using pool = new DmaPool(t.fake, t.container);
   const buf = pool.alloc(4096);
   const bytes = buf.bytes;
-  const words = buf.view(Uint32Array, 16, 4);
+  const words = buf.view(Uint32Array, { byteOffset: 16, length: 4 });
   words[0] = 0xdeadbeef;
   assert.equal(bytes[16], 0xef);
   t.fake.calls = [];
@@ -188,12 +188,12 @@ test("dma: iovaAt and view are bounds-checked", () => {
   assert.throws(() => buf.iovaAt(4096), /Cannot take offset 4096 of a 4096-byte DMA buffer/);
   assert.throws(() => buf.iovaAt(-1), RangeError);
   assert.equal(buf.view(BigUint64Array).length, 512);
-  assert.equal(buf.view(Uint32Array, 4092).length, 1);
+  assert.equal(buf.view(Uint32Array, { byteOffset: 4092 }).length, 1);
   assert.throws(
-    () => buf.view(Uint32Array, 4092, 2),
+    () => buf.view(Uint32Array, { byteOffset: 4092, length: 2 }),
     /Cannot view 2 elements at 4092 of a 4096-byte DMA buffer/,
   );
-  assert.throws(() => buf.view(Uint8Array, -1), RangeError);
+  assert.throws(() => buf.view(Uint8Array, { byteOffset: -1 }), RangeError);
 });
 
 test("dma: pool close frees its buffers and is idempotent", () => {
@@ -227,4 +227,62 @@ test("dma: volatile accesses see what the device wrote, are bounds-checked, and 
   assert.throws(() => buf.volatile.read32(2), /unaligned/);
   buf.free();
   assert.throws(() => buf.volatile.read32(0), /closed/);
+});
+
+test("dma: alloc(2**40) is a RangeError naming the 2^36 limit, before any mmap", () => {
+  using t = setup();
+  using pool = new DmaPool(t.fake, t.container);
+  t.fake.calls = [];
+  assert.throws(() => pool.alloc(2 ** 40), (e: unknown) => {
+    assert.ok(e instanceof RangeError);
+    assert.match(e.message, /Cannot allocate 1099511627776 bytes of DMA memory: .* up to 68719476736/);
+    return true;
+  });
+  assert.throws(() => pool.alloc(2 ** 36 + 4096), RangeError);
+  assert.deepEqual(t.fake.calls, []);
+});
+
+test("dma: hugepageSize 2**32 + 4096 is a RangeError before any mmap", () => {
+  using t = setup();
+  using pool = new DmaPool(t.fake, t.container);
+  t.fake.calls = [];
+  for (const huge of [2 ** 32 + 4096, 2 ** 32]) {
+    assert.throws(
+      () => pool.alloc(4096, { hugepageSize: huge }),
+      new RegExp(
+        `Cannot use hugepage size ${huge}: it must be a power of two above the page size, up to 1 GiB`,
+      ),
+    );
+  }
+  assert.deepEqual(t.fake.calls, []);
+});
+
+test("dma: new DmaPool with limit 0n is a RangeError before any mmap", () => {
+  using t = setup();
+  t.fake.calls = [];
+  for (const limit of [0n, 0xfffn]) {
+    assert.throws(() => new DmaPool(t.fake, t.container, { limit }), (e: unknown) => {
+      assert.ok(e instanceof RangeError);
+      assert.match(
+        e.message,
+        new RegExp(`Cannot create a DMA pool below IOVA ${limit}: the limit leaves no page to map`),
+      );
+      return true;
+    });
+  }
+  // Only the IOMMU page-size query (VFIO_IOMMU_GET_INFO) the check itself needs: no mmap, no map.
+  assert.deepEqual([...new Set(t.fake.calls.map((c) => c.name ?? c.op))], ["VFIO_IOMMU_GET_INFO"]);
+  assert.deepEqual(t.fake.mappings(), []);
+});
+
+test("dma: iovaAt on a freed buffer is a TypeError", () => {
+  using t = setup();
+  using pool = new DmaPool(t.fake, t.container);
+  const buf = pool.alloc(4096);
+  buf.free();
+  assert.throws(() => buf.iovaAt(0), (e: unknown) => {
+    assert.ok(e instanceof TypeError);
+    assert.match(e.message, /Cannot use the DMA buffer at iova 0x1000: it was freed/);
+    return true;
+  });
 });

@@ -4,9 +4,19 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { check, errno, errnoName, VfioError } from "../../lib/errors.ts";
+import {
+  check,
+  DeviceNotBoundError,
+  DeviceNotFoundError,
+  errnoName,
+  InvalidPciAddressError,
+  UnsupportedError,
+  VfioError,
+  VfioUnavailableError,
+} from "../../lib/errors.ts";
 import { openFd } from "../../lib/fd.ts";
 import { formatBytes, memlockHint, memlockLimit } from "../../lib/limits.ts";
+import { ERRNO } from "../../lib/uapi/libc.ts";
 import { VFIO_GET_API_VERSION } from "../../lib/uapi/vfio.ts";
 import { FakeSys } from "./fake_sys.ts";
 
@@ -47,10 +57,88 @@ test("errors: errno names, and E<n> for numbers the table lacks", () => {
   assert.equal(new VfioError({ op: "x", errno: 4242 }).code, "E4242");
 });
 
-test("errors: errno() looks names up and rejects unknown ones", () => {
-  assert.equal(errno("ENODEV"), 19);
-  assert.equal(errno("EACCES"), 13);
-  assert.throws(() => errno("ENOPE"), /Cannot find errno ENOPE/);
+test("errors: ERRNO (lib/uapi/libc.ts) maps names to numbers and has no entry for unknown ones", () => {
+  assert.equal(ERRNO.ENODEV, 19);
+  assert.equal(ERRNO.EACCES, 13);
+  assert.equal(ERRNO.ENOPE, undefined);
+});
+
+test("errors: without an errno the message has no (op: …) part, errno is undefined and code is ERR_VFIO", () => {
+  const e = new VfioError({
+    op: "pwrite",
+    path: "/dev/vfio/4",
+    action: "write 4 bytes",
+    hint: "only 2 were",
+  });
+  assert.equal(e.message, "Cannot write 4 bytes on /dev/vfio/4: only 2 were");
+  assert.equal(e.errno, undefined);
+  assert.equal(e.code, "ERR_VFIO");
+  const own = new VfioError({ op: "pwrite", code: "ERR_VFIO_SHORT_TRANSFER" });
+  assert.deepEqual([own.errno, own.code, own.message], [
+    undefined,
+    "ERR_VFIO_SHORT_TRANSFER",
+    "Cannot run pwrite",
+  ]);
+});
+
+test("errors: each subclass is a VfioError with its own name and ERR_VFIO_ code, and keeps a real errno", () => {
+  const unavailable = new VfioUnavailableError({
+    op: "open",
+    errno: 2,
+    path: "/dev/vfio/vfio",
+    action: "open /dev/vfio/vfio",
+  });
+  const notFound = new DeviceNotFoundError("0000:00:09.0", {
+    op: "open",
+    errno: 2,
+    action: "find PCI device 0000:00:09.0",
+  });
+  const notBound = new DeviceNotBoundError("0000:00:04.0", "e1000e", {
+    op: "open",
+    action: "open VFIO group 4",
+  });
+  const invalid = new InvalidPciAddressError("../x");
+  const unsupported = new UnsupportedError({ op: "VFIO_DEVICE_RESET", action: "reset 0000:00:04.0" });
+  const all = [
+    [unavailable, "VfioUnavailableError", "ERR_VFIO_UNAVAILABLE", 2],
+    [notFound, "DeviceNotFoundError", "ERR_VFIO_DEVICE_NOT_FOUND", 2],
+    [notBound, "DeviceNotBoundError", "ERR_VFIO_DEVICE_NOT_BOUND", undefined],
+    [invalid, "InvalidPciAddressError", "ERR_VFIO_INVALID_PCI_ADDRESS", undefined],
+    [unsupported, "UnsupportedError", "ERR_VFIO_UNSUPPORTED", undefined],
+  ] as const;
+  for (const [e, name, code, errno] of all) {
+    assert.ok(e instanceof VfioError && e instanceof Error, name);
+    assert.deepEqual([e.name, e.code, e.errno], [name, code, errno]);
+  }
+  assert.equal(unavailable.message, "Cannot open /dev/vfio/vfio (open: ENOENT)");
+  assert.equal(notFound.bdf, "0000:00:09.0");
+  assert.match(notFound.hint!, /no PCI device 0000:00:09.0: see lspci/);
+  assert.deepEqual([notBound.bdf, notBound.driver], ["0000:00:04.0", "e1000e"]);
+  assert.equal(
+    notBound.message,
+    "Cannot open VFIO group 4: 0000:00:04.0 is bound to e1000e, not vfio-pci: run `vfio bind 0000:00:04.0`",
+  );
+  assert.equal(new DeviceNotBoundError("0000:00:04.0", undefined, { op: "open" }).driver, undefined);
+  assert.equal(invalid.input, "../x");
+  assert.match(invalid.message, /^Cannot parse PCI address "..\/x": expected DDDD:BB:DD.F/);
+  assert.doesNotMatch(unsupported.message, /\(/); // no errno, so no "(op: …)"
+});
+
+test("fd: openFd throws VfioUnavailableError, errno kept, when the unavailable hint names the failure", () => {
+  const fake = new FakeSys();
+  const unavailable = (code: string) => (code === "ENOENT" ? "no VFIO here" : undefined);
+  assert.throws(() => openFd(fake, "/dev/nope", 0, () => "other", unavailable), (e: unknown) => {
+    assert.ok(e instanceof VfioUnavailableError);
+    assert.deepEqual([e.errno, e.code, e.hint], [2, "ERR_VFIO_UNAVAILABLE", "no VFIO here"]);
+    assert.equal(e.message, "Cannot open /dev/nope (open: ENOENT): no VFIO here");
+    return true;
+  });
+  using _ = fake.fail("open", "/dev/nope", "EACCES");
+  assert.throws(() => openFd(fake, "/dev/nope", 0, () => "other", unavailable), (e: unknown) => {
+    assert.ok(e instanceof VfioError && !(e instanceof VfioUnavailableError));
+    assert.deepEqual([e.errno, e.code, e.hint], [13, "EACCES", "other"]);
+    return true;
+  });
 });
 
 test("errors: check() passes non-negative results through", () => {
@@ -109,7 +197,7 @@ test("fd: openFd turns an open failure into a VfioError with the path and hint",
   const fake = new FakeSys();
   assert.throws(() => openFd(fake, "/dev/nope", 0, () => "it is not there"), (e: unknown) => {
     assert.ok(e instanceof VfioError);
-    assert.equal(e.message, "Cannot open on /dev/nope (open: ENOENT): it is not there");
+    assert.equal(e.message, "Cannot open /dev/nope (open: ENOENT): it is not there");
     return true;
   });
 });
@@ -136,9 +224,9 @@ test("limits: memlockLimit reads RLIMIT_MEMLOCK, undefined when unlimited or unr
 test("limits: the memlock hint names the limit, the size and ulimit -l", () => {
   const fake = new FakeSys();
   fake.memlock = 8n << 20n;
-  const hint = memlockHint(fake, 16n << 20n);
+  const hint = memlockHint(fake, 16 << 20);
   assert.match(hint, /pinning 16 MiB for DMA counts against RLIMIT_MEMLOCK, which is 8 MiB/);
   assert.match(hint, /ulimit -l/);
   fake.memlock = undefined;
-  assert.match(memlockHint(fake, 4096n), /which is unlimited/);
+  assert.match(memlockHint(fake, 4096), /which is unlimited/);
 });

@@ -5,7 +5,13 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { VfioContainer } from "../../lib/container.ts";
-import { VfioError } from "../../lib/errors.ts";
+import {
+  DeviceNotBoundError,
+  DeviceNotFoundError,
+  InvalidPciAddressError,
+  VfioError,
+  VfioUnavailableError,
+} from "../../lib/errors.ts";
 import { GroupNotViableError, VfioGroup } from "../../lib/group.ts";
 import { deviceCdev, driverOf, groupDevices, groupNode, iommuGroupOf, pciAttr } from "../../lib/sysfs.ts";
 import { EDU, FakeSys, openLegacy, withEdu } from "./fake_sys.ts";
@@ -31,7 +37,12 @@ test("sysfs: the group of a device is the basename of its iommu_group link", () 
 
 test("sysfs: a missing device and a device without a group get different fixes", () => {
   const fake = withEdu();
-  assert.throws(() => iommuGroupOf(fake, "0000:00:09.0"), /no PCI device 0000:00:09.0: see lspci/);
+  assert.throws(() => iommuGroupOf(fake, "0000:00:09.0"), (e: unknown) => {
+    assert.ok(e instanceof DeviceNotFoundError);
+    assert.deepEqual([e.code, e.errno, e.bdf], ["ERR_VFIO_DEVICE_NOT_FOUND", 2, "0000:00:09.0"]);
+    assert.match(e.hint!, /no PCI device 0000:00:09.0: see lspci/);
+    return true;
+  });
   fake.addDevice({ bdf: "0000:00:05.0", group: undefined, driver: "nvme" });
   assert.throws(() => iommuGroupOf(fake, "0000:00:05.0"), (e: unknown) => {
     assert.ok(e instanceof VfioError);
@@ -46,10 +57,13 @@ test("sysfs: a missing device and a device without a group get different fixes",
 test("sysfs: in no-IOMMU mode a device without a group is one not bound to vfio-pci", () => {
   const fake = withEdu({ group: undefined, driver: "edu" });
   fake.files.set("/sys/module/vfio/parameters/enable_unsafe_noiommu_mode", "Y\n");
-  assert.throws(
-    () => iommuGroupOf(fake, EDU),
-    /0000:00:04.0 is bound to edu, not vfio-pci, .*`vfio bind 0000:00:04.0`/,
-  );
+  assert.throws(() => iommuGroupOf(fake, EDU), (e: unknown) => {
+    assert.ok(e instanceof DeviceNotBoundError);
+    assert.deepEqual([e.code, e.bdf, e.driver], ["ERR_VFIO_DEVICE_NOT_BOUND", EDU, "edu"]);
+    assert.equal(e.errno, 2); // the readlink of iommu_group really failed
+    assert.match(e.message, /0000:00:04.0 is bound to edu, not vfio-pci: run `vfio bind 0000:00:04.0`/);
+    return true;
+  });
 });
 
 test("sysfs: drivers, members and attributes come from sysfs", () => {
@@ -69,16 +83,33 @@ test("sysfs: the group node is /dev/vfio/N, or noiommu-N in no-IOMMU mode", () =
   assert.deepEqual(groupNode(fake, 5), { path: "/dev/vfio/noiommu-5", noiommu: true });
 });
 
-test("sysfs: no group node means nothing is bound to vfio-pci; no /dev/vfio means no VFIO", () => {
+test("sysfs: no group node means nothing is bound to vfio-pci (DeviceNotBoundError, no errno); no /dev/vfio means no VFIO", () => {
   const fake = withEdu({ driver: "edu" });
+  for (const open of [() => groupNode(fake, 4), () => VfioGroup.open(fake, 4, { device: "00:04.0" })]) {
+    assert.throws(open, (e: unknown) => {
+      assert.ok(e instanceof DeviceNotBoundError);
+      assert.deepEqual([e.code, e.errno, e.bdf, e.driver], [
+        "ERR_VFIO_DEVICE_NOT_BOUND",
+        undefined,
+        EDU,
+        "edu",
+      ]);
+      assert.equal(e.path, "/dev/vfio/4");
+      assert.match(
+        e.message,
+        /^Cannot open VFIO group 4 on \/dev\/vfio\/4: 0000:00:04.0 is bound to edu, not vfio-pci: run `vfio bind 0000:00:04.0`$/,
+      );
+      return true;
+    });
+  }
+  assert.ok(!fake.calls.some((c) => c.op === "open"));
+  fake.vfioLoaded = false;
   assert.throws(() => groupNode(fake, 4), (e: unknown) => {
-    assert.ok(e instanceof VfioError);
-    assert.equal(e.code, "ENOENT");
-    assert.match(e.hint!, /no device of IOMMU group 4 is bound to vfio-pci: bind one with `vfio bind BDF`/);
+    assert.ok(e instanceof VfioUnavailableError);
+    assert.equal(e.errno, 2);
+    assert.match(e.message, /modprobe vfio-pci/);
     return true;
   });
-  fake.vfioLoaded = false;
-  assert.throws(() => groupNode(fake, 4), /modprobe vfio-pci/);
 });
 
 test("sysfs: the device cdev is found under vfio-dev", () => {
@@ -109,9 +140,10 @@ test("group: EBUSY on open says another user holds the group", () => {
     assert.ok(e instanceof VfioError);
     assert.equal(e.code, "EBUSY");
     assert.equal(e.path, "/dev/vfio/4");
+    // No /proc in the fake, so no holder can be named.
     assert.match(
       e.hint!,
-      /group 4 is already open in another process \(QEMU, another driver\) or in this one/,
+      /^group 4 is already open in another process \(QEMU, another driver\), or this one; close it there first$/,
     );
     return true;
   });
@@ -125,7 +157,7 @@ test("group: EACCES on /dev/vfio/N says to run as root or chown the node", () =>
     assert.ok(e instanceof VfioError);
     assert.match(
       e.message,
-      /^Cannot open on \/dev\/vfio\/4 \(open: EACCES\): no permission on \/dev\/vfio\/4/,
+      /^Cannot open \/dev\/vfio\/4 \(open: EACCES\): no permission on \/dev\/vfio\/4/,
     );
     assert.match(e.hint!, /chown \$USER \/dev\/vfio\/4/);
     return true;
@@ -162,6 +194,8 @@ test("group: a non-viable group names each device on another driver and how to f
     assert.ok(e instanceof GroupNotViableError);
     assert.ok(e instanceof VfioError);
     assert.equal(e.name, "GroupNotViableError");
+    assert.equal(e.code, "ERR_VFIO_GROUP_NOT_VIABLE");
+    assert.equal(e.errno, undefined); // refused from GET_STATUS before SET_CONTAINER could say EPERM
     assert.equal(e.group, 7);
     assert.deepEqual(e.blockers, [
       { bdf: "0000:00:06.1", driver: "virtio-pci" },
@@ -238,7 +272,7 @@ test("group: getDevice of a vfio-pci device from another group says it is not in
   const { container, group, device } = openLegacy(fake);
   try {
     assert.throws(() => group.getDevice("0000:00:05.0"), /0000:00:05.0 is not in IOMMU group 4/);
-    assert.throws(() => group.getDevice("../05.0"), TypeError);
+    assert.throws(() => group.getDevice("../05.0"), InvalidPciAddressError);
   } finally {
     device.close();
     group.close();
@@ -289,4 +323,42 @@ test("group: close is idempotent and use after close is a TypeError", () => {
   assert.throws(() => group.getDevice(EDU), TypeError);
   assert.throws(() => group.fd, TypeError);
   assert.deepEqual(fake.leaks(), []);
+});
+
+test("group: open(2**53) and open(1e21) are RangeErrors that touch no file", () => {
+  const fake = withEdu();
+  for (const n of [2 ** 53, 1e21, 2 ** 32]) {
+    assert.throws(() => VfioGroup.open(fake, n), (e: unknown) => {
+      assert.ok(e instanceof RangeError);
+      assert.match(e.message, /^Cannot open VFIO group .*: group numbers are integers in 0..2\^32-1$/);
+      return true;
+    });
+  }
+  assert.deepEqual(fake.calls, []);
+});
+
+test("group: unsetContainer after close is a TypeError", () => {
+  const fake = withEdu();
+  const group = VfioGroup.open(fake, 4);
+  group.close();
+  fake.calls = [];
+  assert.throws(() => group.unsetContainer(), (e: unknown) => {
+    assert.ok(e instanceof TypeError);
+    assert.match(e.message, /Cannot use \/dev\/vfio\/4: it is closed/);
+    return true;
+  });
+  assert.deepEqual(fake.calls, []);
+});
+
+test("sysfs: pciAttr with a path as the attribute (../../../etc/passwd) is a TypeError before any read", () => {
+  const fake = withEdu();
+  for (const attr of ["../../../etc/passwd", "driver/../../x", "", ".hidden", "a/b"]) {
+    assert.throws(() => pciAttr(fake, EDU, attr), (e: unknown) => {
+      assert.ok(e instanceof TypeError);
+      assert.match(e.message, /Cannot read PCI attribute .*: expected a plain file name/);
+      return true;
+    });
+  }
+  assert.deepEqual(fake.calls, []);
+  assert.equal(pciAttr(fake, EDU, "vendor"), "0x1234"); // a plain name still reads
 });

@@ -53,7 +53,7 @@ test("irq: info reports the index's flags and vector count", () => {
 
 test("irq: enable attaches one new eventfd per vector with DATA_EVENTFD | ACTION_TRIGGER", () => {
   using t = open();
-  const irq = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 3);
+  const irq = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, { count: 3 });
   assert.equal(irq.eventfds.length, 3);
   assert.deepEqual([...irq.eventfds], t.eventfds());
   assert.deepEqual(t.dev.irqSets, [
@@ -64,10 +64,10 @@ test("irq: enable attaches one new eventfd per vector with DATA_EVENTFD | ACTION
 test("irq: a vector count outside the index is a RangeError and opens nothing", () => {
   using t = open();
   assert.throws(
-    () => t.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX, 2),
+    () => t.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX, { count: 2 }),
     /Cannot enable 2 vectors of IRQ index 1: it has 1/,
   );
-  assert.throws(() => t.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX, 0), RangeError);
+  assert.throws(() => t.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX, { count: 0 }), RangeError);
   assert.deepEqual(t.eventfds(), []);
   assert.deepEqual(t.dev.irqSets, []);
 });
@@ -82,7 +82,7 @@ test("irq: a refused SET_IRQS closes the eventfds it created", () => {
   using t = open();
   using _ = t.fake.fail("ioctl", "VFIO_DEVICE_SET_IRQS", "EINVAL");
   assert.throws(
-    () => t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 4),
+    () => t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, { count: 4 }),
     /Cannot set eventfds for IRQ index 2 vectors 0..4/,
   );
   assert.deepEqual(t.eventfds(), []);
@@ -92,7 +92,7 @@ test("irq: a failing eventfd() closes the ones made before it", () => {
   using t = open();
   using _ = t.fake.fail("eventfd", undefined, "EMFILE", { after: 2 });
   assert.throws(
-    () => t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 4),
+    () => t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, { count: 4 }),
     /Cannot create an eventfd \(eventfd: EMFILE\)/,
   );
   assert.equal(t.fake.calls.filter((c) => c.op === "eventfd").length, 3);
@@ -102,30 +102,30 @@ test("irq: a failing eventfd() closes the ones made before it", () => {
 
 test("irq: trigger fires vectors with DATA_NONE | ACTION_TRIGGER, and wait sees them", () => {
   using t = open();
-  const irq = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 2);
-  assert.equal(irq.wait(1, 0), 0); // nothing yet: poll times out
-  irq.trigger(1);
+  const irq = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, { count: 2 });
+  assert.equal(irq.wait({ vector: 1, timeoutMs: 0 }), 0); // nothing yet: poll times out
+  irq.trigger({ start: 1 });
   assert.deepEqual(t.dev.irqSets.at(-1), { flags: NONE_TRIGGER, index: 2, start: 1, count: 1, fds: [] });
-  assert.equal(irq.wait(0, 0), 0);
-  assert.equal(irq.wait(1, 0), 1);
-  assert.equal(irq.wait(1, 0), 0); // the read reset the counter
-  irq.trigger(0, 2);
+  assert.equal(irq.wait({ vector: 0, timeoutMs: 0 }), 0);
+  assert.equal(irq.wait({ vector: 1, timeoutMs: 0 }), 1);
+  assert.equal(irq.wait({ vector: 1, timeoutMs: 0 }), 0); // the read reset the counter
+  irq.trigger({ start: 0, count: 2 });
   t.fake.raise(EDU, VFIO_PCI_MSIX_IRQ_INDEX, 0);
-  assert.equal(irq.wait(0, 0), 2);
-  assert.equal(irq.wait(1, 0), 1);
+  assert.equal(irq.wait({ vector: 0, timeoutMs: 0 }), 2);
+  assert.equal(irq.wait({ vector: 1, timeoutMs: 0 }), 1);
 });
 
 test("irq: vectors outside the enabled ones are RangeErrors", () => {
   using t = open();
-  const irq = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 2);
+  const irq = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, { count: 2 });
   const before = t.dev.irqSets.length;
-  assert.throws(() => irq.trigger(2), /Cannot use vector 2 of IRQ index 2: 2 are enabled/);
-  assert.throws(() => irq.trigger(1, 2), RangeError);
-  assert.throws(() => irq.wait(5, 0), RangeError);
-  assert.throws(() => irq.mask(3), RangeError);
-  assert.throws(() => irq.trigger(-1, 2), /Cannot use vector -1 of IRQ index 2/);
-  assert.throws(() => irq.unmask(0.5), RangeError);
-  assert.throws(() => irq.trigger(0, 0), RangeError);
+  assert.throws(() => irq.trigger({ start: 2 }), /Cannot use vector 2 of IRQ index 2: 2 are enabled/);
+  assert.throws(() => irq.trigger({ start: 1, count: 2 }), RangeError);
+  assert.throws(() => irq.wait({ vector: 5, timeoutMs: 0 }), RangeError);
+  assert.throws(() => irq.mask({ start: 3 }), RangeError);
+  assert.throws(() => irq.trigger({ start: -1, count: 2 }), /Cannot use vector -1 of IRQ index 2/);
+  assert.throws(() => irq.unmask({ start: 0.5 }), RangeError);
+  assert.throws(() => irq.trigger({ start: 0, count: 0 }), RangeError);
   assert.equal(t.dev.irqSets.length, before);
 });
 
@@ -158,7 +158,7 @@ test("irq: masking an index the kernel cannot mask is a VfioError", () => {
 
 test("irq: rearm attaches the same eventfds again", () => {
   using t = open();
-  const irq = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 2);
+  const irq = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, { count: 2 });
   t.device.reset();
   irq.rearm();
   assert.equal(t.dev.irqSets.length, 2);
@@ -167,7 +167,7 @@ test("irq: rearm attaches the same eventfds again", () => {
 
 test("irq: close disables the index with count 0, closes the eventfds, and is idempotent", () => {
   using t = open();
-  const irq = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 2);
+  const irq = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, { count: 2 });
   const fds = [...irq.eventfds];
   irq.close();
   irq.close();
@@ -176,17 +176,85 @@ test("irq: close disables the index with count 0, closes the eventfds, and is id
   assert.deepEqual(t.eventfds(), []);
   assert.deepEqual(t.fake.calls.filter((c) => c.op === "close" && fds.includes(c.fd!)).map((c) => c.fd), fds);
   assert.throws(() => irq.trigger(), /Cannot use IRQ index 2: it is closed/);
-  assert.throws(() => irq.wait(0, 0), TypeError);
+  assert.throws(() => irq.wait({ vector: 0, timeoutMs: 0 }), TypeError);
   assert.deepEqual(t.dev.irqs[2]!.triggers, []);
 });
 
 test("irq: the device closes its interrupts when it closes", () => {
   using t = open();
-  const a = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 2);
-  const b = t.device.enableIrq(VFIO_PCI_INTX_IRQ_INDEX);
+  // MSI-X and the error IRQ: two indexes vfio-pci lets be live at once.
+  const a = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, { count: 2 });
+  const b = t.device.enableIrq(VFIO_PCI_ERR_IRQ_INDEX);
   t.device.close();
   assert.ok(a.closed && b.closed);
-  assert.deepEqual(t.dev.irqSets.slice(2).map((s) => [s.index, s.count]), [[0, 0], [2, 0]]); // reverse order
+  assert.deepEqual(t.dev.irqSets.slice(2).map((s) => [s.index, s.count]), [[3, 0], [2, 0]]); // reverse order
+  assert.deepEqual(t.eventfds(), []);
+});
+
+test("irq: enableIrq of an index that is already live is a TypeError, with no eventfd or SET_IRQS", () => {
+  using t = open();
+  const live = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, { count: 2 });
+  const sets = t.dev.irqSets.length;
+  t.fake.calls = [];
+  assert.throws(
+    () => t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, { count: 1 }),
+    (e: unknown) => {
+      assert.ok(e instanceof TypeError);
+      assert.match(e.message, /Cannot enable IRQ index 2 of 0000:00:04.0: it is already enabled/);
+      return true;
+    },
+  );
+  assert.ok(!t.fake.ioctls().includes("VFIO_DEVICE_SET_IRQS"));
+  assert.ok(!t.fake.calls.some((c) => c.op === "eventfd"));
+  assert.equal(t.dev.irqSets.length, sets);
+  assert.deepEqual(t.eventfds(), [...live.eventfds]); // the first one's eventfds are untouched
+  live.close();
+  t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX).close(); // once closed, it can be enabled again
+});
+
+test("irq: enabling INTx, MSI or MSI-X while another of them is live is a TypeError naming the active type, with no SET_IRQS", () => {
+  using t = open();
+  const cases: [number, number, RegExp][] = [
+    [VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_INTX_IRQ_INDEX, /Cannot enable INTx on 0000:00:04.0: MSI-X is active/],
+    [VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, /Cannot enable MSI on 0000:00:04.0: MSI-X is active/],
+    [VFIO_PCI_INTX_IRQ_INDEX, VFIO_PCI_MSI_IRQ_INDEX, /Cannot enable MSI on 0000:00:04.0: INTx is active/],
+    [VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, /Cannot enable MSI-X on 0000:00:04.0: MSI is active/],
+  ];
+  for (const [active, other, message] of cases) {
+    const live = t.device.enableIrq(active);
+    const sets = t.dev.irqSets.length;
+    t.fake.calls = [];
+    assert.throws(() => t.device.enableIrq(other), (e: unknown) => {
+      assert.ok(e instanceof TypeError);
+      assert.match(e.message, message);
+      assert.match(e.message, /one interrupt type at a time/);
+      return true;
+    });
+    assert.ok(!t.fake.ioctls().includes("VFIO_DEVICE_SET_IRQS"));
+    assert.ok(!t.fake.calls.some((c) => c.op === "eventfd"));
+    assert.equal(t.dev.irqSets.length, sets);
+    live.close();
+  }
+  t.device.enableIrq(VFIO_PCI_INTX_IRQ_INDEX).close(); // nothing live: accepted
+});
+
+test("irq: enableIrq with count 0, 1.5 or NaN is a RangeError before any ioctl, GET_IRQ_INFO included", () => {
+  using t = open();
+  t.fake.calls = [];
+  for (const count of [0, 1.5, NaN]) {
+    assert.throws(
+      () => t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, { count }),
+      (e: unknown) => {
+        assert.ok(e instanceof RangeError);
+        assert.match(
+          e.message,
+          new RegExp(`Cannot enable ${count} vectors of IRQ index 2: count must be a positive integer`),
+        );
+        return true;
+      },
+    );
+  }
+  assert.deepEqual(t.fake.calls, []);
   assert.deepEqual(t.eventfds(), []);
 });
 
@@ -211,9 +279,9 @@ test("irq: next() resolves with the count when the device interrupts", async () 
 
 test("irq: close while next() is pending resolves it with 0 and closes the eventfds after", async () => {
   using t = open();
-  const irq = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 2);
+  const irq = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, { count: 2 });
   const fds = [...irq.eventfds];
-  const p = irq.next(1);
+  const p = irq.next({ vector: 1 });
   await Promise.resolve();
   irq.close();
   assert.deepEqual(t.eventfds(), fds); // still open: a read is in flight on one of them
@@ -244,13 +312,13 @@ test("irq: a failing eventfd read is a VfioError", () => {
   const irq = t.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX);
   irq.trigger();
   using _ = t.fake.fail("read", undefined, "EIO");
-  assert.throws(() => irq.wait(0, 0), /Cannot read IRQ 1 eventfd \(read: EIO\)/);
+  assert.throws(() => irq.wait({ vector: 0, timeoutMs: 0 }), /Cannot read IRQ 1 eventfd \(read: EIO\)/);
 });
 
 test("irq: close wakes every pending next(), even two on the same vector", async () => {
   using t = open();
-  const irq = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 2);
-  const waits = [irq.next(0), irq.next(0), irq.next(1)];
+  const irq = t.device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, { count: 2 });
+  const waits = [irq.next({ vector: 0 }), irq.next({ vector: 0 }), irq.next({ vector: 1 })];
   await Promise.resolve();
   irq.close();
   assert.deepEqual(await Promise.all(waits), [0, 0, 0]);

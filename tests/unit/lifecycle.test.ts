@@ -20,7 +20,7 @@ function openAll(fake: FakeSys) {
   container.setIommu();
   const device = group.getDevice(EDU);
   const regs = device.registers(0);
-  const irq = device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, 2);
+  const irq = device.enableIrq(VFIO_PCI_MSIX_IRQ_INDEX, { count: 2 });
   const pool = new DmaPool(fake, container);
   const buf = pool.alloc(8192);
   return { container, group, device, regs, irq, pool, buf };
@@ -53,17 +53,34 @@ for (const order of ORDERS) {
 
 test("lifecycle: disposing with using releases everything in reverse order", () => {
   const fake = withEdu();
+  let kinds = new Map<number, string>();
   {
     using container = VfioContainer.open(fake);
     using group = VfioGroup.open(fake, 4);
     group.setContainer(container);
     container.setIommu();
     using device = group.getDevice(EDU);
-    using _regs = device.registers(0);
+    using _regs = device.registers(0); // BAR0: 4096 bytes
     using _irq = device.enableIrq(0);
     using pool = new DmaPool(fake, container);
-    using _buf = pool.alloc(4096);
+    using _buf = pool.alloc(8192); // 8192 bytes, to tell its munmap from BAR0's
+    kinds = new Map(fake.openFds().map((f) => [f.fd, f.kind]));
+    fake.calls = [];
   }
+  const label = (c: { op: string; name?: string; fd?: number; length?: number }) =>
+    c.name ??
+      (c.op === "close" ? `close ${kinds.get(c.fd!)}` : c.op === "munmap" ? `munmap ${c.length}` : c.op);
+  // The buffer, the pool (no syscall), the IRQ, the registers, the device, the group, the container.
+  assert.deepEqual(fake.calls.map(label), [
+    "VFIO_IOMMU_UNMAP_DMA",
+    "munmap 8192",
+    "VFIO_DEVICE_SET_IRQS",
+    "close eventfd",
+    "munmap 4096",
+    "close device",
+    "close group",
+    "close container",
+  ]);
   assert.deepEqual(fake.leaks(), []);
 });
 
@@ -78,9 +95,12 @@ test("lifecycle: use after close is a TypeError naming what was closed", () => {
   assert.throws(() => all.device.fd, TypeError);
   assert.throws(() => all.device.reset(), TypeError);
   assert.throws(() => all.group.status(), /Cannot use \/dev\/vfio\/4: it is closed/);
-  assert.throws(() => all.container.checkExtension(1), /Cannot use \/dev\/vfio\/vfio: it is closed/);
   assert.throws(
-    () => all.container.mapDma(0n, 0x1000n, 0x1000n),
+    () => all.container.checkExtension(1),
+    /Cannot use \/dev\/vfio\/vfio: the IOMMU backend is closed/,
+  );
+  assert.throws(
+    () => all.container.mapDma(0x1000n, 0x1000n, 0x1000),
     /Cannot use \/dev\/vfio\/vfio: the .* backend is closed/,
   );
   assert.throws(() => all.regs.read32(0), /its registers are closed/);

@@ -4,7 +4,12 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { VfioError } from "../../lib/errors.ts";
+import {
+  DeviceNotBoundError,
+  DeviceNotFoundError,
+  InvalidPciAddressError,
+  VfioError,
+} from "../../lib/errors.ts";
 import { chooseBackend, openIommu, openPciDevice } from "../../lib/open.ts";
 import { VFIO_TYPE1_IOMMU } from "../../lib/uapi/vfio.ts";
 import { EDU, withEdu } from "./fake_sys.ts";
@@ -57,10 +62,12 @@ test("open: a busy group fails with the hint and leaves nothing open", () => {
 
 test("open: a device not bound to vfio-pci fails with the bind hint and leaves nothing open", () => {
   const fake = withEdu({ driver: "edu" });
-  assert.throws(
-    () => openPciDevice(fake, EDU),
-    /0000:00:04\.0 is bound to edu, not vfio-pci: run `vfio bind 0000:00:04\.0`/,
-  );
+  assert.throws(() => openPciDevice(fake, EDU), (e: unknown) => {
+    assert.ok(e instanceof DeviceNotBoundError);
+    assert.equal(e.driver, "edu");
+    assert.match(e.message, /0000:00:04\.0 is bound to edu, not vfio-pci: run `vfio bind 0000:00:04\.0`/);
+    return true;
+  });
   assert.deepEqual(fake.leaks(), []);
 });
 
@@ -77,8 +84,19 @@ test("open: a failing SET_IOMMU or GET_DEVICE_FD leaves nothing open", () => {
 
 test("open: a malformed address fails before any sysfs access and leaves nothing open", () => {
   const fake = withEdu();
-  assert.throws(() => openPciDevice(fake, "../../../etc/passwd"), TypeError);
+  assert.throws(() => openPciDevice(fake, "../../../etc/passwd"), InvalidPciAddressError);
   assert.ok(!fake.calls.some((c) => /^read(Text|Link|Dir)$/.test(c.op) && c.path!.startsWith("/sys")));
+  assert.deepEqual(fake.leaks(), []);
+});
+
+test("open: a missing device is a DeviceNotFoundError before any VFIO node is opened", () => {
+  const fake = withEdu();
+  assert.throws(() => openPciDevice(fake, "0000:00:09.0"), (e: unknown) => {
+    assert.ok(e instanceof DeviceNotFoundError);
+    assert.equal(e.bdf, "0000:00:09.0");
+    return true;
+  });
+  assert.ok(!fake.calls.some((c) => c.op === "open"));
   assert.deepEqual(fake.leaks(), []);
 });
 

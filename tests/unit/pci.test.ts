@@ -463,15 +463,22 @@ test("pci: enableMemory and enableBusMaster set bits 1|2 without clearing others
 
 test("pci: setCommand clears and sets bits, and rejects values wider than 16 bits", () => {
   const { config, log, get16 } = nvme(); // command 0x0507
-  assert.equal(config.setCommand(PCI_COMMAND_INTX_DISABLE, PCI_COMMAND_IO | PCI_COMMAND_MASTER), 0x0502);
+  assert.equal(
+    config.setCommand({ set: PCI_COMMAND_INTX_DISABLE, clear: PCI_COMMAND_IO | PCI_COMMAND_MASTER }),
+    0x0502,
+  );
   assert.equal(get16(0x04), 0x0502);
-  assert.equal(config.setCommand(0, PCI_COMMAND_INTX_DISABLE), 0x0102);
-  assert.equal(config.setCommand(PCI_COMMAND_IO, PCI_COMMAND_IO), 0x0103, "set wins over clear");
+  assert.equal(config.setCommand({ clear: PCI_COMMAND_INTX_DISABLE }), 0x0102);
+  assert.equal(
+    config.setCommand({ set: PCI_COMMAND_IO, clear: PCI_COMMAND_IO }),
+    0x0103,
+    "set wins over clear",
+  );
   log.length = 0;
-  assert.throws(() => config.setCommand(0x10000), {
+  assert.throws(() => config.setCommand({ set: 0x10000 }), {
     name: "RangeError",
     message: "Cannot update the command register with 65536: expected 0..0xffff",
   });
-  assert.throws(() => config.setCommand(0, -1), RangeError);
+  assert.throws(() => config.setCommand({ clear: -1 }), RangeError);
   assert.deepEqual(log, []);
 });

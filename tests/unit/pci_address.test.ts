@@ -4,6 +4,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { InvalidPciAddressError } from "../../lib/errors.ts";
 import { VfioGroup } from "../../lib/group.ts";
 import { canonicalPciAddress, formatPciAddress, parsePciAddress } from "../../lib/pci_address.ts";
 import { driverOf, iommuGroupOf, pciAttr, pciDeviceDir } from "../../lib/sysfs.ts";
@@ -39,10 +40,13 @@ test("pci_address: formats the canonical sysfs name, lower case and zero-padded"
   assert.equal(formatPciAddress({ domain: 1, bus: 2, device: 3, function: 4 }), "0001:02:03.4");
 });
 
-test("pci_address: rejects paths, traversal, whitespace and bad slots with a TypeError", () => {
+test("pci_address: rejects paths, traversal, whitespace and bad slots with an InvalidPciAddressError", () => {
   for (const bad of BAD) {
     assert.throws(() => parsePciAddress(bad), (e: unknown) => {
-      assert.ok(e instanceof TypeError, `${JSON.stringify(bad)} gave ${e}`);
+      assert.ok(e instanceof InvalidPciAddressError, `${JSON.stringify(bad)} gave ${e}`);
+      assert.equal(e.code, "ERR_VFIO_INVALID_PCI_ADDRESS");
+      assert.equal(e.errno, undefined);
+      assert.equal(e.input, bad);
       assert.match(e.message, /Cannot parse PCI address .*expected DDDD:BB:DD.F/);
       return true;
     });
@@ -52,13 +56,28 @@ test("pci_address: rejects paths, traversal, whitespace and bad slots with a Typ
 test("pci_address: sysfs helpers reject a bad address before any sysfs access", () => {
   const fake = withEdu();
   for (const bad of BAD) {
-    assert.throws(() => pciDeviceDir(bad), TypeError);
-    assert.throws(() => iommuGroupOf(fake, bad), TypeError);
-    assert.throws(() => driverOf(fake, bad), TypeError);
-    assert.throws(() => pciAttr(fake, bad, "vendor"), TypeError);
-    assert.throws(() => VfioGroup.forDevice(fake, bad), TypeError);
+    assert.throws(() => pciDeviceDir(bad), InvalidPciAddressError);
+    assert.throws(() => iommuGroupOf(fake, bad), InvalidPciAddressError);
+    assert.throws(() => driverOf(fake, bad), InvalidPciAddressError);
+    assert.throws(() => pciAttr(fake, bad, "vendor"), InvalidPciAddressError);
+    assert.throws(() => VfioGroup.forDevice(fake, bad), InvalidPciAddressError);
+    assert.throws(() => VfioGroup.open(fake, 4, { device: bad }), InvalidPciAddressError);
   }
   assert.deepEqual(fake.calls, []);
+});
+
+test("pci_address: formatPciAddress rejects out-of-range parts with a RangeError", () => {
+  const ok = { domain: 0, bus: 0, device: 4, function: 0 };
+  for (
+    const bad of [{ domain: 0x10000 }, { bus: 0x100 }, { device: 0x20 }, { function: 8 }, { bus: -1 }, {
+      device: 1.5,
+    }]
+  ) {
+    assert.throws(
+      () => formatPciAddress({ ...ok, ...bad }),
+      /Cannot format PCI address .*: a part is out of range/,
+    );
+  }
 });
 
 test("pci_address: a short address is canonicalized in the sysfs path", () => {

@@ -144,14 +144,21 @@ test("region: accesses outside the region are RangeErrors with no syscall", () =
   assert.deepEqual(t.fake.calls, []);
 });
 
-test("region: a short read is an EIO VfioError saying how much was transferred", () => {
+test("region: a short read is a VfioError with no errno (ERR_VFIO_SHORT_TRANSFER) saying how much was transferred", () => {
   using t = open();
   const r = t.device.region(7);
   t.fake.device(EDU).regions[7]!.size = 254; // the kernel's idea of the size shrank
-  assert.throws(
-    () => r.read(252, 4),
-    /Cannot read 4 bytes at 252 of .*\(pread: EIO\): only 2 bytes were transferred/,
-  );
+  assert.throws(() => r.read(252, 4), (e: unknown) => {
+    assert.ok(e instanceof VfioError);
+    assert.equal(e.errno, undefined); // pread succeeded: the library invents no EIO
+    assert.equal(e.code, "ERR_VFIO_SHORT_TRANSFER");
+    assert.equal(e.op, "pread");
+    assert.match(
+      e.message,
+      /^Cannot read 4 bytes at 252 of 0000:00:04.0 region 7 on .*: only 2 bytes were transferred$/,
+    );
+    return true;
+  });
 });
 
 test("region: reading a region without the READ flag is a TypeError", () => {
@@ -232,4 +239,60 @@ test("region: registers of an unimplemented region are a RangeError", () => {
     () => t.device.registers(3),
     /Cannot access 0000:00:04.0 region 3: the region is not implemented/,
   );
+});
+
+test("region: read with length 1.5, NaN or 2**40 is a RangeError before any pread or allocation", () => {
+  using t = open();
+  const cfg = t.device.region(7);
+  t.fake.calls = [];
+  // The library's own message, not the one Uint8Array gives for a bad length (NaN it would take as 0).
+  assert.throws(
+    () => cfg.read(0, 1.5),
+    /^RangeError: Cannot read 0000:00:04.0 region 7: offset and length must be non-negative integers$/,
+  );
+  assert.throws(
+    () => cfg.read(0, NaN),
+    /^RangeError: Cannot read 0000:00:04.0 region 7: offset and length must be non-negative integers$/,
+  );
+  assert.throws(
+    () => cfg.read(0, 2 ** 40),
+    /^RangeError: Cannot read 0000:00:04.0 region 7 at 0..1099511627776: the region is 256 bytes$/,
+  );
+  assert.deepEqual(t.fake.calls, []);
+});
+
+test("region: a u64 region size above 2^53 is a RangeError", () => {
+  using t = open();
+  const regions = t.fake.device(EDU).regions;
+  regions[2]!.size = 2 ** 53; // the reported size only: the fake keeps no bytes behind it
+  assert.throws(() => t.device.regionInfo(2), (e: unknown) => {
+    assert.ok(e instanceof RangeError);
+    assert.match(e.message, /^Cannot use region 2 size 0x20000000000000: it exceeds 2\^53$/);
+    return true;
+  });
+  regions[4]!.size = 2 ** 53 - 1; // the largest that fits a number exactly
+  assert.equal(t.device.regionInfo(4).size, 2 ** 53 - 1);
+});
+
+test("region: registers keep a sparse area at a non-page-aligned offset on pread instead of throwing", () => {
+  using t = open([{
+    index: 0,
+    size: 0x4000,
+    sparse: [{ offset: 0x800, size: 0x800 }, { offset: 0x2000, size: 0x2000 }],
+  }]);
+  const data = t.fake.device(EDU).regions[0]!.data;
+  new DataView(data.buffer).setUint32(0x800, 0x11223344, true);
+  new DataView(data.buffer).setUint32(0x2000, 0x55667788, true);
+  const regs = t.device.registers(0);
+  assert.equal(regs.path, "mmap");
+  const mmaps = t.fake.calls.filter((c) => c.op === "mmap");
+  assert.deepEqual(mmaps.map((c) => [c.offset, c.length]), [[regionOffset(0) + 0x2000, 0x2000]]);
+  t.fake.calls = [];
+  assert.equal(regs.read32(0x800), 0x11223344);
+  assert.deepEqual(t.fake.calls.map((c) => [c.op, c.offset]), [["pread", regionOffset(0) + 0x800]]);
+  t.fake.calls = [];
+  assert.equal(regs.read32(0x2000), 0x55667788);
+  assert.deepEqual(t.fake.calls.map((c) => c.op), ["mmio.read32"]);
+  regs.close();
+  assert.deepEqual(t.fake.mappings(), []);
 });
