@@ -9,11 +9,11 @@
  *
  * @module
  */
-import { mkdirSync, rmSync } from "node:fs";
-import process from "node:process";
 import { check } from "../lib/errors.ts";
+import { fileHolders } from "../lib/proc.ts";
 import type { Sys } from "../lib/sys.ts";
 import { PCI_DEVICES, requirePciDevice } from "../lib/sysfs.ts";
+import { ERRNO } from "../lib/uapi/libc.ts";
 import {
   deviceCdevPath,
   driverName,
@@ -22,21 +22,12 @@ import {
   isVfioDriver,
   vfioNodes,
 } from "./devices.ts";
+import { CliError } from "./errors.ts";
+
+export { CliError } from "./errors.ts";
 
 /** Where `bind` records each device's previous driver. */
 export const STATE_DIR = "/run/vfio-ts";
-
-/** A condition the CLI reports as one line and a non-zero exit, without an errno. */
-export class CliError extends Error {
-  /**
-   * @param message The message: "Cannot …: what to do".
-   * @param exitCode The process's exit status: 1 for a failure, 2 for bad usage.
-   */
-  constructor(message: string, readonly exitCode = 1) {
-    super(message);
-    this.name = "CliError";
-  }
-}
 
 /** What `vfio bind --json` prints. */
 export interface BindResult {
@@ -52,8 +43,9 @@ export interface BindResult {
   changed: boolean;
   /** Where the previous driver is recorded, or null when nothing is. */
   savedIn: string | null;
-  /** The device's IOMMU group and its node, now that vfio-pci owns it. */
+  /** The device's IOMMU group, or null when it has none. */
   iommuGroup: number | null;
+  /** The group's node now that vfio-pci owns the device, or null when there is none. */
   groupNode: string | null;
 }
 
@@ -86,23 +78,39 @@ function checkDriverName(name: string, from: string): string {
   if (!/^[A-Za-z0-9_.+:-]{1,64}$/.test(name) || name === "." || name === "..") {
     throw new CliError(
       `Cannot use driver name ${JSON.stringify(name)} from ${from}: it is not a driver name`,
-      2,
+      { code: "ERR_VFIO_INVALID_DRIVER_NAME", exitCode: 2, path: from.startsWith("/") ? from : undefined },
     );
   }
   return name;
 }
 
-function requireRoot(action: string): void {
-  if (process.getuid?.() !== 0) {
+function requireRoot(sys: Sys, action: string): void {
+  if (sys.getuid() !== 0) {
+    const hint = "run it with sudo";
     throw new CliError(
-      `Cannot ${action}: sysfs driver bindings can only be changed by root; run it with sudo`,
+      `Cannot ${action}: sysfs driver bindings can only be changed by root; ${hint}`,
+      { code: "ERR_VFIO_NOT_ROOT", hint },
     );
   }
 }
 
 function requireVfioPci(sys: Sys, action: string): void {
-  if (typeof sys.readDir("/sys/bus/pci/drivers/vfio-pci") === "number") {
-    throw new CliError(`Cannot ${action}: the vfio-pci driver is not loaded; run \`modprobe vfio-pci\``);
+  const path = "/sys/bus/pci/drivers/vfio-pci";
+  if (typeof sys.readDir(path) === "number") {
+    const hint = "run `modprobe vfio-pci`";
+    throw new CliError(`Cannot ${action}: the vfio-pci driver is not loaded; ${hint}`, {
+      code: "ERR_VFIO_UNAVAILABLE",
+      hint,
+      path,
+    });
+  }
+}
+
+// The record may be missing (never made, or removed by hand): that is not a failure.
+function removeRecord(sys: Sys, name: string): void {
+  const r = sys.unlink(statePath(name));
+  if (r !== -ERRNO.ENOENT!) {
+    check(r, { op: "unlink", path: statePath(name), action: `remove the record of ${name}` });
   }
 }
 
@@ -111,22 +119,16 @@ function write(sys: Sys, path: string, text: string, action: string): void {
 }
 
 // The kernel blocks an unbind until every user of the device has closed it; refusing is kinder.
-function holders(sys: Sys, paths: readonly string[]): string[] {
-  const found: string[] = [];
-  const procs = sys.readDir("/proc");
-  if (typeof procs === "number") return found;
-  for (const pid of procs) {
-    if (!/^\d+$/.test(pid) || Number(pid) === process.pid) continue;
-    const fds = sys.readDir(`/proc/${pid}/fd`);
-    if (typeof fds === "number") continue;
-    const held = fds.map((fd) => sys.readLink(`/proc/${pid}/fd/${fd}`)).find((l) =>
-      paths.includes(String(l))
-    );
-    if (held === undefined) continue;
-    const comm = sys.readText(`/proc/${pid}/comm`);
-    found.push(`process ${pid} (${typeof comm === "string" ? comm.trim() : "?"}) holds ${held}`);
+function holders(sys: Sys, paths: readonly string[]): { text: string[]; path: string | undefined } {
+  const text: string[] = [];
+  let first: string | undefined;
+  for (const path of paths) {
+    for (const h of fileHolders(sys, path)) {
+      text.push(`process ${h.pid} (${h.comm || "?"}) holds ${path}`);
+      first ??= path;
+    }
   }
-  return found;
+  return { text, path: first };
 }
 
 /**
@@ -162,9 +164,10 @@ export function bind(sys: Sys, bdf: string): BindResult {
     const known = typeof saved === "string";
     return result(false, known ? saved.trim() || null : null, known ? statePath(name) : null);
   }
-  requireRoot(action);
+  requireRoot(sys, action);
   requireVfioPci(sys, action);
-  mkdirSync(STATE_DIR, { recursive: true, mode: 0o755 });
+  const made = sys.mkdir(STATE_DIR, 0o755);
+  if (made !== -ERRNO.EEXIST!) check(made, { op: "mkdir", path: STATE_DIR, action: `make ${STATE_DIR}` });
   write(sys, statePath(name), `${current ?? ""}\n`, `record the driver of ${name}`);
   try {
     if (current !== null) write(sys, `${dir}/driver/unbind`, name, `unbind ${name} from ${current}`);
@@ -172,18 +175,18 @@ export function bind(sys: Sys, bdf: string): BindResult {
     write(sys, "/sys/bus/pci/drivers_probe", name, action);
     const now = driverName(sys, name);
     if (!isVfioDriver(now)) {
-      throw new CliError(
-        `Cannot ${action}: the probe left it ${
-          now ? `on ${now}` : "unbound"
-        }; vfio-pci refuses devices without ` +
-          "an IOMMU group (enable the IOMMU, or load vfio with enable_unsafe_noiommu_mode=1): see dmesg",
-      );
+      const hint = "vfio-pci refuses devices without an IOMMU group (enable the IOMMU, or load vfio " +
+        "with enable_unsafe_noiommu_mode=1): see dmesg";
+      throw new CliError(`Cannot ${action}: the probe left it ${now ? `on ${now}` : "unbound"}; ${hint}`, {
+        code: "ERR_VFIO_BIND_FAILED",
+        hint,
+      });
     }
   } catch (e) {
     // Put the device back where it was, as far as possible, and forget the record.
     sys.writeText(`${dir}/driver_override`, "\n");
     if (current !== null && driverName(sys, name) === null) sys.writeText("/sys/bus/pci/drivers_probe", name);
-    rmSync(statePath(name), { force: true });
+    sys.unlink(statePath(name));
     throw e;
   }
   return result(true, current, statePath(name));
@@ -207,7 +210,9 @@ export function unbind(sys: Sys, bdf: string, driver?: string): UnbindResult {
   const dir = `${PCI_DEVICES}/${name}`;
   const current = driverName(sys, name);
   if (current !== null && !isVfioDriver(current)) {
-    throw new CliError(`Cannot ${action}: it is bound to ${current}, not vfio-pci`);
+    throw new CliError(`Cannot ${action}: it is bound to ${current}, not vfio-pci`, {
+      code: "ERR_VFIO_DEVICE_NOT_BOUND",
+    });
   }
   const saved = sys.readText(statePath(name));
   const target = driver !== undefined
@@ -220,14 +225,16 @@ export function unbind(sys: Sys, bdf: string, driver?: string): UnbindResult {
   if (current === null && !overridden && typeof saved !== "string" && driver === undefined) {
     return { version: 1, bdf: name, driver: null, previous: null, changed: false };
   }
-  requireRoot(action);
+  requireRoot(sys, action);
   const group = groupNumber(sys, name);
   const nodes = [group === null ? null : groupNodePath(vfioNodes(sys), group), deviceCdevPath(sys, name)]
     .filter((p): p is string => p !== null);
   const busy = holders(sys, nodes);
-  if (busy.length) {
+  if (busy.text.length) {
+    const hint = "stop it, or have it close the device, first";
     throw new CliError(
-      `Cannot ${action}: ${busy.join("; ")}; the kernel would wait for it to close the device`,
+      `Cannot ${action}: ${busy.text.join("; ")}; the kernel would wait for it to close the device: ${hint}`,
+      { code: "ERR_VFIO_DEVICE_BUSY", hint, path: busy.path },
     );
   }
   write(sys, `${dir}/driver_override`, "\n", `clear the driver override of ${name}`);
@@ -240,7 +247,7 @@ export function unbind(sys: Sys, bdf: string, driver?: string): UnbindResult {
       write(sys, `/sys/bus/pci/drivers/${target}/bind`, name, `bind ${name} to ${target}`);
     }
   }
-  rmSync(statePath(name), { force: true });
+  removeRecord(sys, name);
   return { version: 1, bdf: name, driver: driverName(sys, name), previous: current, changed: true };
 }
 

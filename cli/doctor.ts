@@ -19,14 +19,22 @@
  * - `backend`: the backend `open()` would choose (lib/open.ts chooseBackend, VFIO_TS_BACKEND included).
  * - per device (BDF, or every device on vfio-pci): `driver`, `group`, `group-viable`, `permissions`.
  *
+ * `permissions` (also system-wide, for /dev/vfio/vfio or /dev/iommu) opens the node read/write and
+ * closes it at once, so the verdict is the kernel's: EACCES for a non-root user is a file mode
+ * problem, EBUSY a group another process holds (a warning, naming it), anything else is reported
+ * with its errno. The check uses libc through the `Sys` seam only: no Deno file API, so a Deno
+ * permission refusal can never pass for a file permission problem.
+ *
  * @module
  */
-import { accessSync, constants } from "node:fs";
 import process from "node:process";
+import { errnoName } from "../lib/errors.ts";
 import { formatBytes, memlockLimit } from "../lib/limits.ts";
 import { chooseBackend } from "../lib/open.ts";
+import { fileHolders } from "../lib/proc.ts";
 import type { Sys } from "../lib/sys.ts";
 import { requirePciDevice } from "../lib/sysfs.ts";
+import { O_CLOEXEC, O_RDWR } from "../lib/uapi/libc.ts";
 import {
   deviceCdevPath,
   driverName,
@@ -37,6 +45,7 @@ import {
   pciDevices,
   vfioNodes,
 } from "./devices.ts";
+import { denoPermissionFlag } from "./errors.ts";
 
 /** How a check came out. */
 export type CheckStatus = "ok" | "warn" | "fail" | "info";
@@ -76,14 +85,55 @@ const dir = (sys: Sys, path: string) => {
   const d = sys.readDir(path);
   return typeof d === "number" ? undefined : d;
 };
-const canReadWrite = (path: string) => {
-  try {
-    accessSync(path, constants.R_OK | constants.W_OK);
-    return true;
-  } catch {
-    return false;
+
+/** What opening a node found: nothing wrong (null), or the check to report. */
+type Access = { status: CheckStatus; message: string; fix: string | null } | null;
+
+/**
+ * Opens a node read/write as the library will, and closes it again: the kernel's own answer,
+ * which access(2) cannot give (a group node opens once, and a no-IOMMU group needs CAP_SYS_RAWIO).
+ *
+ * @param sys The syscall backend.
+ * @param path The node.
+ * @param fix The fix for EACCES when not root.
+ */
+function tryOpen(sys: Sys, path: string, fix: string): Access {
+  const fd = sys.open(path, O_RDWR | O_CLOEXEC);
+  if (fd >= 0) {
+    sys.close(fd);
+    return null;
   }
-};
+  const code = errnoName(-fd);
+  const root = sys.getuid() === 0;
+  if (code === "EBUSY") {
+    const holders = fileHolders(sys, path).map((h) => `process ${h.pid} (${h.comm || "?"})`);
+    return {
+      status: "warn",
+      message: `${path} is in use${
+        holders.length ? ` by ${holders.join(", ")}` : " by another process"
+      } (EBUSY): a VFIO group opens once`,
+      fix: null,
+    };
+  }
+  if (code === "EACCES" && !root) {
+    return { status: "fail", message: `no read/write access to ${path} (EACCES)`, fix };
+  }
+  if (code === "EPERM" && /\/noiommu-/.test(path)) {
+    return {
+      status: "fail",
+      message: `${path} was refused (EPERM): a no-IOMMU group needs CAP_SYS_RAWIO`,
+      fix: "run it as root",
+    };
+  }
+  if (code === "EACCES" || code === "EPERM") {
+    return {
+      status: "fail",
+      message: `${path} was refused (${code})${root ? " to root" : ""}: not by its file mode`,
+      fix: "check the security module's log (SELinux, AppArmor) and the device cgroup of a container",
+    };
+  }
+  return { status: "fail", message: `cannot open ${path} (${code})`, fix: null };
+}
 
 /**
  * Runs the checks.
@@ -192,18 +242,14 @@ export function doctor(sys: Sys, bdf?: string): DoctorResult {
       ? "/dev/iommu and device cdevs exist"
       : "no /dev/iommu with device cdevs";
     add("backend", "info", `open() would use the ${backend} backend (${why})`);
-    if (backend === "iommufd" && !canReadWrite("/dev/iommu")) {
-      add(
-        "permissions",
-        "fail",
-        "no read/write access to /dev/iommu",
-        "sudo chown $USER /dev/iommu (or run as root)",
-      );
-    }
-    if (backend === "legacy" && nodes.includes("vfio") && !canReadWrite("/dev/vfio/vfio")) {
-      add("permissions", "fail", "no read/write access to /dev/vfio/vfio", "sudo chmod 0666 /dev/vfio/vfio");
-    }
+    const shared = backend === "iommufd"
+      ? tryOpen(sys, "/dev/iommu", "sudo chown $USER /dev/iommu (or run as root)")
+      : nodes.includes("vfio")
+      ? tryOpen(sys, "/dev/vfio/vfio", "sudo chmod 0666 /dev/vfio/vfio")
+      : null;
+    if (shared) add("permissions", shared.status, shared.message, shared.fix);
   } catch (e) {
+    if (denoPermissionFlag(e) !== undefined) throw e; // Deno's refusal, not the system's: see cli/errors.ts
     add("backend", "fail", e instanceof Error ? e.message : String(e), "unset VFIO_TS_BACKEND");
   }
 
@@ -316,10 +362,8 @@ function checkDevice(
       bdf,
     );
   }
-  const cdev = deviceCdevPath(sys, bdf);
-  const paths = backend === "iommufd" ? (cdev ? [cdev] : []) : node ? [node] : [];
-  const denied = paths.filter((p) => !canReadWrite(p));
-  if (backend === "iommufd" && paths.length === 0) {
+  const path = backend === "iommufd" ? deviceCdevPath(sys, bdf) : node;
+  if (backend === "iommufd" && path === null) {
     add(
       "permissions",
       "fail",
@@ -327,16 +371,10 @@ function checkDevice(
       "VFIO_TS_BACKEND=legacy",
       bdf,
     );
-  } else if (denied.length) {
-    add(
-      "permissions",
-      "fail",
-      `no read/write access to ${denied.join(", ")}`,
-      `sudo chown $USER ${denied.join(" ")}`,
-      bdf,
-    );
-  } else if (paths.length) {
-    add("permissions", "ok", `${paths.join(", ")} is readable and writable`, null, bdf);
+  } else if (path !== null) {
+    const problem = tryOpen(sys, path, `sudo chown $USER ${path}`);
+    if (problem) add("permissions", problem.status, problem.message, problem.fix, bdf);
+    else add("permissions", "ok", `${path} opens for reading and writing`, null, bdf);
   }
 }
 

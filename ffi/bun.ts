@@ -28,6 +28,9 @@ const libc = dlopen("libc.so.6", {
   getrlimit: { args: ["i32", "ptr"], returns: "i32" },
   getpagesize: { args: [], returns: "i32" },
   memfd_create: { args: ["ptr", "u32"], returns: "i32" },
+  getuid: { args: [], returns: "u32" },
+  mkdir: { args: ["ptr", "u32"], returns: "i32" },
+  unlink: { args: ["ptr"], returns: "i32" },
   __errno_location: { args: [], returns: "ptr" },
 });
 const sym = libc.symbols;
@@ -134,6 +137,9 @@ export const bunSys: Sys = {
   eventfd: (initval, flags) => ret(sym.eventfd(initval, flags)),
   poll: (fds, nfds, timeoutMs) => ret(sym.poll(fds, nfds, timeoutMs)),
   getrlimit: (resource, out) => ret(sym.getrlimit(resource, out)),
+  getuid: () => sym.getuid(),
   getenv: (name) => process.env[name],
   ...nodeFs,
+  mkdir: (path, mode) => ret(sym.mkdir(cstr(path), mode)),
+  unlink: (path) => ret(sym.unlink(cstr(path))),
 };

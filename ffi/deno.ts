@@ -36,6 +36,9 @@ const libc = Deno.dlopen("libc.so.6", {
   readdir: { parameters: ["pointer"], result: "pointer" },
   closedir: { parameters: ["pointer"], result: "i32" },
   getenv: { parameters: ["buffer"], result: "pointer" },
+  getuid: { parameters: [], result: "u32" },
+  mkdir: { parameters: ["buffer", "u32"], result: "i32" },
+  unlink: { parameters: ["buffer"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
 });
 const sym = libc.symbols;
@@ -138,6 +141,7 @@ export const denoSys: Sys = {
   eventfd: (initval, flags) => ret(sym.eventfd(initval, flags)),
   poll: (fds, nfds, timeoutMs) => ret(sym.poll(fds, BigInt(nfds), timeoutMs)),
   getrlimit: (resource, out) => ret(sym.getrlimit(resource, out)),
+  getuid: () => sym.getuid(),
   // Files and the environment go through libc too: Deno refuses its own file APIs on /sys, /proc
   // and /dev without --allow-all, while --allow-ffi (which this backend needs anyway) covers libc.
   getenv: (name) => {
@@ -201,6 +205,8 @@ export const denoSys: Sys = {
       sym.closedir(dir);
     }
   },
+  mkdir: (path, mode) => ret(sym.mkdir(cstr(path), mode)),
+  unlink: (path) => ret(sym.unlink(cstr(path))),
 };
 
 /** offsetof(struct dirent, d_name) on 64-bit glibc: ino (8), off (8), reclen (2), type (1). */

@@ -84,6 +84,8 @@ export interface Sys {
   poll(fds: Uint8Array, nfds: number, timeoutMs: number): number;
   /** getrlimit(2) into a `struct rlimit`. @returns 0, or -errno. */
   getrlimit(resource: number, out: Uint8Array): number;
+  /** getuid(2): the real user ID. It cannot fail. */
+  getuid(): number;
 
   /** An environment variable, or undefined when unset or not permitted. */
   getenv(name: string): string | undefined;
@@ -96,4 +98,8 @@ export interface Sys {
   readLink(path: string): string | number;
   /** Lists a directory's entries, sorted. @returns The names, or -errno. */
   readDir(path: string): string[] | number;
+  /** mkdir(2) of one directory (no parents). @returns 0, or -errno (-EEXIST when it exists). */
+  mkdir(path: string, mode: number): number;
+  /** unlink(2). @returns 0, or -errno. */
+  unlink(path: string): number;
 }

@@ -1,11 +1,15 @@
 // The vfio CLI (cli/vfio.ts) as a user runs it: a subprocess on this runtime, mostly with --json,
 // checked against sysfs and the kernel: list, info, bind/unbind round trip, doctor, bad input.
+// On Deno it runs with --allow-ffi and nothing else: the one permission cli/README.md promises.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import {
   chmodSync,
+  copyFileSync,
+  cpSync,
   existsSync,
+  mkdirSync,
   mkdtempSync,
   readFileSync,
   readlinkSync,
@@ -19,8 +23,12 @@ import { openPciDevice } from "../../lib/open.ts";
 import { BLOCKER, CONFIG, EDU, EDU2, HAS_IOMMU, NVME, sys } from "./_fixture.ts";
 
 const SLOW = { timeout: 120_000 };
-const CLI = new URL("../../cli/vfio.ts", import.meta.url).pathname;
+const REPO = new URL("../../", import.meta.url).pathname;
+const CLI = `${REPO}cli/vfio.ts`;
 const IS_DENO = "Deno" in globalThis;
+/** The runtime's arguments before the script: on Deno, --allow-ffi alone (not -A). */
+const RUN = IS_DENO ? ["run", "--allow-ffi"] : [];
+const PKG = JSON.parse(readFileSync(`${REPO}package.json`, "utf8"));
 const PCI = "/sys/bus/pci/devices";
 /** What chooseBackend picks in each lab configuration: iommufd only where the kernel has cdevs. */
 const BACKEND = CONFIG === "custom-intel" ? "iommufd" : "legacy";
@@ -39,10 +47,21 @@ interface Run {
 }
 
 function vfio(...args: string[]): Run {
-  const argv = [...(IS_DENO ? ["run", "-A"] : []), CLI, ...args];
-  const r = spawnSync(process.execPath, argv, { encoding: "utf8", timeout: 90_000 });
+  const r = spawnSync(process.execPath, [...RUN, CLI, ...args], { encoding: "utf8", timeout: 90_000 });
   const output = `vfio ${args.join(" ")}: status ${r.status}\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}`;
   return { status: r.status, stdout: r.stdout, stderr: r.stderr, json: () => JSON.parse(r.stdout), output };
+}
+
+/** Checks a `--json` failure: the error object cli/README.md documents on stdout, nothing on stderr. */
+function assertJsonError(r: Run, name: string | undefined, code: string): Json {
+  assert.equal(r.stderr, "", r.output);
+  const parsed = r.json();
+  assert.equal(parsed.version, 1, r.output);
+  assert.deepEqual(Object.keys(parsed.error).sort(), ["code", "errno", "hint", "message", "name", "path"]);
+  if (name !== undefined) assert.equal(parsed.error.name, name, r.output);
+  assert.equal(parsed.error.code, code, r.output);
+  assert.equal(typeof parsed.error.message, "string");
+  return parsed.error;
 }
 
 function link(path: string): string | null {
@@ -213,7 +232,20 @@ test("cli bind/unbind: 00:06.1 goes to vfio-pci and back to virtio-pci", SLOW, (
         busy.stderr,
         new RegExp(`^vfio unbind: Cannot unbind ${BLOCKER} from vfio-pci: process ${process.pid} `),
       );
+      const busyJson = vfio("unbind", BLOCKER, "--json");
+      assert.equal(busyJson.status, 1, busyJson.output);
+      const e = assertJsonError(busyJson, "CliError", "ERR_VFIO_DEVICE_BUSY");
+      assert.match(e.message, new RegExp(`process ${process.pid} \\(`));
+      assert.equal(e.errno, null);
+      assert.ok(e.path?.startsWith("/dev/vfio/"), e.path);
       assert.equal(driverOf(BLOCKER), "vfio-pci");
+      if (BACKEND === "legacy") {
+        // A group node opens once: doctor's open sees EBUSY and names the holder (lib/proc.ts).
+        const doc = vfio("doctor", BLOCKER, "--json");
+        const perm = doc.json().checks.find((c: { id: string }) => c.id === "permissions");
+        assert.equal(perm?.status, "warn", doc.output);
+        assert.match(perm.message, new RegExp(`in use by process ${process.pid} \\(.*\\(EBUSY\\)`));
+      }
       held.close();
     }
 
@@ -248,28 +280,64 @@ test("cli bind/unbind: 00:06.1 goes to vfio-pci and back to virtio-pci", SLOW, (
   }
 });
 
+/**
+ * Copies what the CLI needs (its sources, package.json and this runtime's binary, which lives in
+ * the repo's node_modules) into a fresh world-readable directory, so that another user can run it
+ * wherever the repo is: a clone inside a 0700 home is unreadable to them, binary included.
+ */
+function worldReadableCopy(): { dir: string; home: string; runtime: string; cli: string } {
+  const dir = mkdtempSync("/tmp/vfio-cli-nobody-");
+  for (const d of ["cli", "lib", "ffi"]) cpSync(`${REPO}${d}`, `${dir}/${d}`, { recursive: true });
+  copyFileSync(`${REPO}package.json`, `${dir}/package.json`);
+  const runtime = `${dir}/${basename(process.execPath)}`;
+  copyFileSync(process.execPath, runtime);
+  const home = `${dir}/home`;
+  mkdirSync(home);
+  const chmod = spawnSync("chmod", ["-R", "a+rX", dir], { encoding: "utf8" });
+  assert.equal(chmod.status, 0, chmod.stderr);
+  chmodSync(runtime, 0o755);
+  chmodSync(home, 0o777); // the runtime's caches
+  return { dir, home, runtime, cli: `${dir}/cli/vfio.ts` };
+}
+
 test(
   "cli bind: refused with a clear error when not root, before anything changes",
   { ...SLOW, skip: existsSync("/usr/bin/setpriv") ? false : "needs setpriv (util-linux)" },
   () => {
-    const home = mkdtempSync("/tmp/vfio-cli-nobody-");
-    chmodSync(home, 0o777);
+    const copy = worldReadableCopy();
     try {
-      const argv = ["--reuid=65534", "--regid=65534", "--clear-groups", process.execPath];
-      const r = spawnSync("setpriv", [...argv, ...(IS_DENO ? ["run", "-A"] : []), CLI, "bind", BLOCKER], {
-        encoding: "utf8",
-        env: { ...process.env, HOME: home, DENO_DIR: home },
-        timeout: 100_000,
-      });
-      assert.equal(r.status, 1, `${r.stdout}\n${r.stderr}`);
+      const nobody = (...args: string[]) => {
+        const argv = ["--reuid=65534", "--regid=65534", "--clear-groups", copy.runtime, ...RUN, copy.cli];
+        const r = spawnSync("setpriv", [...argv, ...args], {
+          cwd: copy.dir,
+          encoding: "utf8",
+          env: { ...process.env, HOME: copy.home, DENO_DIR: `${copy.home}/deno`, XDG_CACHE_HOME: copy.home },
+          timeout: 100_000,
+        });
+        return { ...r, output: `status ${r.status}\nstdout:\n${r.stdout}\nstderr:\n${r.stderr}` };
+      };
+      const r = nobody("bind", BLOCKER);
+      assert.equal(r.status, 1, r.output);
       assert.match(
         r.stderr,
         /^vfio bind: Cannot bind 0000:00:06\.1 to vfio-pci: sysfs driver bindings can only be changed by root; run it with sudo\n$/,
       );
+      const j = nobody("bind", BLOCKER, "--json");
+      assert.equal(j.status, 1, j.output);
+      assert.equal(j.stderr, "", j.output);
+      assert.deepEqual(JSON.parse(j.stdout).error, {
+        name: "CliError",
+        code: "ERR_VFIO_NOT_ROOT",
+        errno: null,
+        message:
+          "Cannot bind 0000:00:06.1 to vfio-pci: sysfs driver bindings can only be changed by root; run it with sudo",
+        hint: "run it with sudo",
+        path: null,
+      });
       assert.equal(driverOf(BLOCKER), "virtio-pci");
       assert.equal(existsSync(`/run/vfio-ts/${BLOCKER}.driver`), false);
     } finally {
-      rmSync(home, { recursive: true, force: true });
+      rmSync(copy.dir, { recursive: true, force: true });
     }
   },
 );
@@ -286,6 +354,9 @@ test("cli doctor: the 00:06.x group is not viable, with the fix; the backend is 
   assert.equal(check("memlock").status, "ok", "root has CAP_IPC_LOCK");
   for (const bdf of [EDU, NVME, EDU2]) assert.equal(check("driver", bdf).status, "ok", bdf);
   assert.equal(check("group-viable", EDU).status, "ok");
+  // Root opens the nodes: no "no read/write access" (Deno's permissions are not the file's).
+  assert.equal(check("permissions", EDU).status, "ok", check("permissions", EDU).message);
+  assert.match(check("permissions", EDU).message, /opens for reading and writing/);
   if (HAS_IOMMU) {
     assert.equal(r.status, 1, r.output);
     assert.equal(result.ok, false);
@@ -332,27 +403,38 @@ test("cli: a PCI address that does not parse is rejected with status 2 before an
     assert.equal(r.stdout, "");
     assert.match(
       r.stderr,
-      /^vfio \w+: Cannot parse PCI address ".*": expected DDDD:BB:DD\.F, e\.g\. 0000:00:04\.0\n$/,
+      /^vfio \w+: Cannot parse PCI address ".*": expected DDDD:BB:DD\.F\b.*, e\.g\. 0000:00:04\.0\n$/,
     );
   }
-  if (!existsSync("/usr/bin/strace")) return;
-  // strace shows which files the process touched: no PCI sysfs path, and nothing built from "x".
-  const dir = mkdtempSync("/tmp/vfio-cli-");
-  try {
-    const trace = `${dir}/trace`;
-    const argv = ["-f", "-qq", "-e", "trace=%file", "-o", trace, process.execPath];
-    const r = spawnSync("strace", [...argv, ...(IS_DENO ? ["run", "-A"] : []), CLI, "bind", "../../x"], {
-      encoding: "utf8",
-      timeout: 90_000,
-    });
-    assert.equal(r.status, 2, `${r.stdout}\n${r.stderr}`);
-    const touched = readFileSync(trace, "utf8").split("\n").filter((l) => !/\bexecve\(/.test(l));
-    assert.ok(touched.length > 0, "strace recorded the run");
-    assert.deepEqual(touched.filter((l) => l.includes("/sys/bus/pci") || l.includes("../../x")), []);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  const j = vfio("bind", "../../x", "--json");
+  assert.equal(j.status, 2, j.output);
+  assertJsonError(j, undefined, "ERR_VFIO_INVALID_PCI_ADDRESS");
 });
+
+const STRACE = existsSync("/usr/bin/strace") ? false : "needs strace, which is not installed";
+
+test(
+  "cli: strace shows no sysfs access for a PCI address that does not parse",
+  { ...SLOW, skip: STRACE },
+  () => {
+    // strace shows which files the process touched: no PCI sysfs path, and nothing built from "x".
+    const dir = mkdtempSync("/tmp/vfio-cli-");
+    try {
+      const trace = `${dir}/trace`;
+      const argv = ["-f", "-qq", "-e", "trace=%file", "-o", trace, process.execPath];
+      const r = spawnSync("strace", [...argv, ...RUN, CLI, "bind", "../../x"], {
+        encoding: "utf8",
+        timeout: 90_000,
+      });
+      assert.equal(r.status, 2, `${r.stdout}\n${r.stderr}`);
+      const touched = readFileSync(trace, "utf8").split("\n").filter((l) => !/\bexecve\(/.test(l));
+      assert.ok(touched.length > 0, "strace recorded the run");
+      assert.deepEqual(touched.filter((l) => l.includes("/sys/bus/pci") || l.includes("../../x")), []);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
 
 test("cli: usage errors exit with status 2, failures with 1 and one line", SLOW, () => {
   for (
@@ -365,13 +447,32 @@ test("cli: usage errors exit with status 2, failures with 1 and one line", SLOW,
   ) {
     const r = vfio(...args);
     assert.equal(r.status, 2, r.output);
+    assert.equal(r.stdout, "", r.output);
+    assert.match(r.stderr, /^vfio[^\n]*\n$/, "one line");
+  }
+  // With --json, usage errors are JSON on stdout too, with the same status.
+  for (
+    const args of [["list", "--nope"], ["list", "--backend", "legacy"], ["info", EDU, "--backend", "x"], [
+      "x",
+    ]]
+  ) {
+    const r = vfio(...args, "--json");
+    assert.equal(r.status, 2, r.output);
+    assertJsonError(r, "CliError", "ERR_VFIO_USAGE");
   }
   const missing = vfio("info", "0000:00:1f.7");
   assert.equal(missing.status, 1, missing.output);
   assert.match(missing.stderr, /^vfio info: Cannot find PCI device 0000:00:1f\.7\b[^\n]*\n$/);
+  const missingJson = vfio("info", "0000:00:1f.7", "--json");
+  assert.equal(missingJson.status, 1, missingJson.output);
+  const e = assertJsonError(missingJson, "DeviceNotFoundError", "ERR_VFIO_DEVICE_NOT_FOUND");
+  assert.match(e.path, /^\/sys\/bus\/pci\/devices\/0000:00:1f\.7\b/);
   const help = vfio("--help");
   assert.equal(help.status, 0, help.output);
   assert.match(help.stdout, /^usage: vfio <command>/);
+  const version = vfio("--version");
+  assert.equal(version.status, 0, version.output);
+  assert.equal(version.stdout, `${PKG.name} ${PKG.version}\n`);
   if (HAS_IOMMU) {
     // The kernel's refusal, in the library's words: the group of 00:06.0 is not viable.
     const r = vfio("info", EDU2, "--backend", "legacy");

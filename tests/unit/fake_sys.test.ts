@@ -97,7 +97,7 @@ test("fake_sys: injections match by target, skip `after` calls, fail `times`, an
     assert.equal(fake.open("/dev/vfio/4", 0), -24);
   }
   assert.ok(fake.open("/dev/vfio/4", 0) > 0);
-  assert.throws(() => fake.fail("open", undefined, "ENOPE"), /Cannot find errno ENOPE/);
+  assert.throws(() => fake.fail("open", undefined, "ENOPE"), /Unknown errno name ENOPE/);
 });
 
 test("fake_sys: sysfs follows the devices: groups, drivers and the /dev/vfio nodes", () => {
@@ -117,4 +117,42 @@ test("fake_sys: sysfs follows the devices: groups, drivers and the /dev/vfio nod
   assert.equal(fake.readText("/sys/bus/pci/devices/0000:00:04.0/vendor"), "0x1234\n");
   assert.deepEqual(fake.readDir("/sys/kernel/iommu_groups/4/devices"), [EDU]);
   assert.equal(fake.readDir("/sys/kernel/iommu_groups/6/devices"), -2);
+});
+
+test("fake_sys: SET_IRQS eventfds on INTx/MSI/MSI-X while another of them has triggers is EINVAL; a count-0 DATA_NONE trigger disables", () => {
+  const fake = withEdu();
+  const container = fake.open("/dev/vfio/vfio", 0);
+  const group = fake.open("/dev/vfio/4", 0);
+  fake.ioctlPtr(group, V.VFIO_GROUP_SET_CONTAINER, int32(container));
+  fake.ioctlInt(container, V.VFIO_SET_IOMMU, V.VFIO_TYPE1v2_IOMMU);
+  const device = fake.ioctlPtr(group, V.VFIO_GROUP_GET_DEVICE_FD, new TextEncoder().encode(EDU + "\0"));
+  const efd = fake.eventfd(0, 0);
+  const set = (index: number, flags: number, count: number) => {
+    const s = V.vfio_irq_set.alloc(4 * count);
+    s.set("flags", flags).set("index", index).set("start", 0).set("count", count);
+    for (let i = 0; i < count; i++) s.view.setInt32(V.vfio_irq_set.size + 4 * i, efd, true);
+    return fake.ioctlPtr(device, V.VFIO_DEVICE_SET_IRQS, s.bytes);
+  };
+  const EVENTFD = V.VFIO_IRQ_SET_DATA_EVENTFD | V.VFIO_IRQ_SET_ACTION_TRIGGER;
+  const NONE = V.VFIO_IRQ_SET_DATA_NONE | V.VFIO_IRQ_SET_ACTION_TRIGGER;
+  assert.equal(set(V.VFIO_PCI_MSIX_IRQ_INDEX, EVENTFD, 1), 0);
+  assert.equal(set(V.VFIO_PCI_INTX_IRQ_INDEX, EVENTFD, 1), -22); // EINVAL: MSI-X is active
+  assert.equal(set(V.VFIO_PCI_MSI_IRQ_INDEX, EVENTFD, 1), -22);
+  assert.equal(set(V.VFIO_PCI_ERR_IRQ_INDEX, EVENTFD, 1), 0); // not an interrupt type: allowed
+  assert.equal(set(V.VFIO_PCI_MSIX_IRQ_INDEX, EVENTFD, 1), 0); // the active type may be re-set
+  assert.equal(set(V.VFIO_PCI_MSIX_IRQ_INDEX, NONE, 0), 0); // disables MSI-X
+  assert.deepEqual(fake.device(EDU).irqs[V.VFIO_PCI_MSIX_IRQ_INDEX]!.triggers, []);
+  assert.equal(set(V.VFIO_PCI_INTX_IRQ_INDEX, EVENTFD, 1), 0);
+  assert.deepEqual(
+    fake.device(EDU).irqSets.map((s) => s.index),
+    [
+      V.VFIO_PCI_MSIX_IRQ_INDEX,
+      V.VFIO_PCI_ERR_IRQ_INDEX,
+      V.VFIO_PCI_MSIX_IRQ_INDEX,
+      V.VFIO_PCI_MSIX_IRQ_INDEX,
+      0,
+    ],
+  );
+  for (const fd of [efd, device, group, container]) fake.close(fd);
+  assert.deepEqual(fake.leaks(), []);
 });

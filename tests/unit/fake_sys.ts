@@ -18,7 +18,8 @@
  * - Region N lives at `N << 40` in the device fd (VFIO_PCI_INDEX_TO_OFFSET); pread past its end is
  *   short.
  * - SET_IRQS with DATA_EVENTFD | ACTION_TRIGGER attaches eventfds, DATA_NONE | ACTION_TRIGGER
- *   fires them (count 0 disables the index), and closing the device disables everything.
+ *   fires them (count 0 disables the index), and closing the device disables everything. INTx, MSI
+ *   and MSI-X are one type at a time: attaching eventfds to one while another has some is EINVAL.
  * - MAP_DMA pins memory against RLIMIT_MEMLOCK (ENOMEM), needs mapped memory (EFAULT), refuses
  *   overlaps (EEXIST) and IOVAs outside the reported ranges (EINVAL).
  *
@@ -32,10 +33,10 @@
  */
 import { VfioContainer } from "../../lib/container.ts";
 import type { VfioDevice } from "../../lib/device.ts";
-import { errno } from "../../lib/errors.ts";
 import { VfioGroup } from "../../lib/group.ts";
 import type { RawMmio, Sys } from "../../lib/sys.ts";
 import {
+  ERRNO,
   MAP_ANONYMOUS,
   pollfd,
   POLLIN,
@@ -146,7 +147,7 @@ export interface Call {
 export type FailOp =
   | Exclude<
     keyof Sys,
-    "name" | "pageSize" | "ioctlPtr" | "ioctlInt" | "readAsync" | "memory" | "mmio" | "getenv"
+    "name" | "pageSize" | "ioctlPtr" | "ioctlInt" | "readAsync" | "memory" | "mmio" | "getenv" | "getuid"
   >
   | "ioctl";
 
@@ -168,7 +169,7 @@ interface Mapping {
   pos?: number;
 }
 
-const err = (name: string) => -errno(name);
+const err = (name: string) => -ERRNO[name]!;
 const hex = (n: bigint | number) => `0x${n.toString(16)}`;
 const PCI_DEVICES = "/sys/bus/pci/devices/";
 
@@ -224,6 +225,8 @@ export class FakeSys implements Sys {
 
   /** The environment, for getenv. */
   env: Record<string, string> = {};
+  /** The real user ID, for getuid: root by default. */
+  uid = 0;
   /** VFIO_GET_API_VERSION's answer. */
   apiVersion = V.VFIO_API_VERSION;
   /** What VFIO_CHECK_EXTENSION supports. */
@@ -247,6 +250,8 @@ export class FakeSys implements Sys {
   iommufd = false;
   /** Other files, for readText and writeText. */
   files = new Map<string, string>();
+  /** Directories made with mkdir. */
+  dirs = new Set<string>();
 
   /** Every call, in order. */
   calls: Call[] = [];
@@ -337,7 +342,7 @@ export class FakeSys implements Sys {
     code: string,
     o: { after?: number; times?: number } = {},
   ): Disposable {
-    errno(code); // an unknown name throws here rather than later
+    if (ERRNO[code] === undefined) throw new TypeError(`Unknown errno name ${code}`); // here, not later
     const inj = { op, target, errno: code, after: o.after ?? 0, times: o.times ?? Infinity };
     this.#injections.push(inj);
     return { [Symbol.dispose]: () => void (this.#injections = this.#injections.filter((i) => i !== inj)) };
@@ -571,6 +576,10 @@ export class FakeSys implements Sys {
     });
   }
 
+  getuid(): number {
+    return this.uid;
+  }
+
   getenv(name: string): string | undefined {
     return this.env[name];
   }
@@ -620,6 +629,18 @@ export class FakeSys implements Sys {
         : [];
       return list.length ? list : err("ENOENT");
     });
+  }
+
+  mkdir(path: string, _mode: number): number {
+    return this.#call({ op: "mkdir", path }, path, () => {
+      if (this.dirs.has(path) || this.files.has(path)) return err("EEXIST");
+      this.dirs.add(path);
+      return 0;
+    });
+  }
+
+  unlink(path: string): number {
+    return this.#call({ op: "unlink", path }, path, () => (this.files.delete(path) ? 0 : err("ENOENT")));
   }
 
   // --- internals --------------------------------------------------------------------------------
@@ -957,6 +978,14 @@ export class FakeSys implements Sys {
     if (data === V.VFIO_IRQ_SET_DATA_BOOL) return err("EINVAL"); // not modelled; the library never sends it
     if (action !== V.VFIO_IRQ_SET_ACTION_TRIGGER && !(irq.flags & V.VFIO_IRQ_INFO_MASKABLE)) {
       return err("ENOTTY");
+    }
+    // vfio_pci_set_{intx,msi}_trigger: INTx, MSI and MSI-X are one interrupt type at a time.
+    const types = [V.VFIO_PCI_INTX_IRQ_INDEX, V.VFIO_PCI_MSI_IRQ_INDEX, V.VFIO_PCI_MSIX_IRQ_INDEX];
+    if (
+      action === V.VFIO_IRQ_SET_ACTION_TRIGGER && eventfds && types.includes(index) &&
+      types.some((i) => i !== index && d.irqs[i]?.triggers.some((t) => t !== undefined))
+    ) {
+      return err("EINVAL");
     }
     const fds = eventfds
       ? Array.from({ length: count }, (_, i) => s.view.getInt32(s.def.size + 4 * i, true))
