@@ -4,7 +4,7 @@
  * @module
  */
 import { capabilityChain } from "./caps.ts";
-import { UnsupportedError, type VfioError, VfioUnavailableError } from "./errors.ts";
+import { UnsupportedError, VfioUnavailableError } from "./errors.ts";
 import { openFd, type OwnedFd } from "./fd.ts";
 import type { VfioDevice } from "./device.ts";
 import { VfioGroup } from "./group.ts";
