@@ -16,6 +16,7 @@
  * - `kernel`: which interfaces the kernel offers: the legacy container (/dev/vfio/vfio), iommufd
  *   (/dev/iommu), device cdevs (/dev/vfio/devices) and no-IOMMU mode
  *   (/sys/module/vfio/parameters/enable_unsafe_noiommu_mode).
+ * - `registers`: whether register access gets the fast native accessor (a warning names why not).
  * - `backend`: the backend `open()` would choose (lib/open.ts chooseBackend, VFIO_TS_BACKEND included).
  * - per device (BDF, or every device on vfio-pci): `driver`, `group`, `group-viable`, `permissions`.
  *
@@ -252,6 +253,11 @@ export function doctor(sys: Sys, bdf?: string): DoctorResult {
     if (denoPermissionFlag(e) !== undefined) throw e; // Deno's refusal, not the system's: see cli/errors.ts
     add("backend", "fail", e instanceof Error ? e.message : String(e), "unset VFIO_TS_BACKEND");
   }
+
+  // Register access: the fast accessor, or the ~150x slower pread/pwrite fallback
+  const slow = sys.mmioUnavailable();
+  if (slow === undefined) add("registers", "ok", "register access uses the fast native accessor over mmap");
+  else add("registers", "warn", `register access uses pread/pwrite: ${slow}`, null);
 
   // Devices
   const targets = target !== undefined

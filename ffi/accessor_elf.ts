@@ -164,3 +164,57 @@ export function accessorElf(arch: string): Uint8Array | undefined {
 function align(n: number, a: number): number {
   return Math.ceil(n / a) * a;
 }
+
+/** What a backend provides to load the accessor object: its own libc calls and dlopen. */
+export interface AccessorLoader<T> {
+  /** The CPU architecture as `process.arch` names it. */
+  arch: string;
+  /** memfd_create(2) with MFD_CLOEXEC. @returns The fd, or -errno. */
+  memfdCreate(name: string): number;
+  /** write(2) of the whole image. @returns Bytes written, or -errno. */
+  write(fd: number, data: Uint8Array): number;
+  /** close(2). */
+  close(fd: number): void;
+  /** The runtime's dlopen of `path`, binding the {@link ACCESSOR_SYMBOLS}; throws on failure. */
+  dlopen(path: string): T;
+}
+
+/** The outcome of {@link loadAccessors}: the library, or why there is none. */
+export type AccessorLoad<T> = { library: T; reason: undefined } | { library: undefined; reason: string };
+
+/**
+ * Writes the accessor object into a memfd and dlopens it through /proc/self/fd, the one mechanism
+ * both backends share. A failure on an architecture that has an encoding is unexpected and makes
+ * every register access ~150× slower (pread/pwrite), so it is reported once on stderr, and the
+ * reason stays available to `Sys.mmioUnavailable()` for `vfio doctor`.
+ *
+ * @param loader The backend's calls.
+ * @returns The library, or the reason it could not be loaded.
+ */
+export function loadAccessors<T>(loader: AccessorLoader<T>): AccessorLoad<T> {
+  const elf = accessorElf(loader.arch);
+  if (!elf) {
+    return {
+      library: undefined,
+      reason: `no native accessor for ${loader.arch}: registers use pread/pwrite`,
+    };
+  }
+  const failed = (reason: string): AccessorLoad<T> => {
+    console.warn(
+      `vfio-ts: Cannot load the fast register accessor (${reason}); register access falls back to ` +
+        "pread/pwrite, which is about 150x slower. `vfio doctor` reports it too",
+    );
+    return { library: undefined, reason };
+  };
+  const fd = loader.memfdCreate("vfio-ts-mmio");
+  if (fd < 0) return failed(`memfd_create failed with errno ${-fd}`);
+  try {
+    const n = loader.write(fd, elf);
+    if (n !== elf.length) return failed(`writing it to the memfd returned ${n} of ${elf.length} bytes`);
+    return { library: loader.dlopen(`/proc/self/fd/${fd}`), reason: undefined };
+  } catch (e) {
+    return failed(`dlopen failed: ${e instanceof Error ? e.message : String(e)}`);
+  } finally {
+    loader.close(fd);
+  }
+}

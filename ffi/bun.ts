@@ -10,7 +10,7 @@ import { dlopen, type Pointer, toArrayBuffer } from "bun:ffi";
 import { read as fsRead } from "node:fs";
 import type { RawMmio, Sys } from "../lib/sys.ts";
 import { ERRNO } from "../lib/uapi/libc.ts";
-import { accessorElf } from "./accessor_elf.ts";
+import { type AccessorLoad, loadAccessors } from "./accessor_elf.ts";
 import { nodeFs } from "./fs.ts";
 
 const libc = dlopen("libc.so.6", {
@@ -57,32 +57,25 @@ interface Accessors {
   vfio_ts_wr64(base: Pointer, off: number, lo: number, hi: number): void;
 }
 
-let accessors: Accessors | null | undefined;
-function loadAccessors(): Accessors | null {
-  if (accessors !== undefined) return accessors;
-  accessors = null;
-  const elf = accessorElf(process.arch);
-  if (!elf) return null;
-  const fd = sym.memfd_create(cstr("vfio-ts-mmio"), 1 /* MFD_CLOEXEC */);
-  if (fd < 0) return null;
-  try {
-    if (Number(sym.write(fd, elf, elf.length)) !== elf.length) return null;
-    const lib = dlopen(`/proc/self/fd/${fd}`, {
-      vfio_ts_rd8: { args: ["ptr", "u32"], returns: "u8" },
-      vfio_ts_rd16: { args: ["ptr", "u32"], returns: "u16" },
-      vfio_ts_rd32: { args: ["ptr", "u32"], returns: "u32" },
-      vfio_ts_rd64: { args: ["ptr", "u32"], returns: "u64" },
-      vfio_ts_wr8: { args: ["ptr", "u32", "u8"], returns: "void" },
-      vfio_ts_wr16: { args: ["ptr", "u32", "u16"], returns: "void" },
-      vfio_ts_wr32: { args: ["ptr", "u32", "u32"], returns: "void" },
-      vfio_ts_wr64: { args: ["ptr", "u32", "u32", "u32"], returns: "void" },
-    });
-    accessors = lib.symbols as unknown as Accessors;
-  } catch {
-    accessors = null;
-  } finally {
-    sym.close(fd);
-  }
+let accessors: AccessorLoad<Accessors> | undefined;
+function loadAccessorLibrary(): AccessorLoad<Accessors> {
+  accessors ??= loadAccessors({
+    arch: process.arch,
+    memfdCreate: (name) => ret(sym.memfd_create(cstr(name), 1 /* MFD_CLOEXEC */)),
+    write: (fd, data) => ret(sym.write(fd, data, data.length)),
+    close: (fd) => void sym.close(fd),
+    dlopen: (path) =>
+      dlopen(path, {
+        vfio_ts_rd8: { args: ["ptr", "u32"], returns: "u8" },
+        vfio_ts_rd16: { args: ["ptr", "u32"], returns: "u16" },
+        vfio_ts_rd32: { args: ["ptr", "u32"], returns: "u32" },
+        vfio_ts_rd64: { args: ["ptr", "u32"], returns: "u64" },
+        vfio_ts_wr8: { args: ["ptr", "u32", "u8"], returns: "void" },
+        vfio_ts_wr16: { args: ["ptr", "u32", "u16"], returns: "void" },
+        vfio_ts_wr32: { args: ["ptr", "u32", "u32"], returns: "void" },
+        vfio_ts_wr64: { args: ["ptr", "u32", "u32", "u32"], returns: "void" },
+      }).symbols as unknown as Accessors,
+  });
   return accessors;
 }
 
@@ -117,8 +110,9 @@ export const bunSys: Sys = {
     // SAFETY: the caller owns a live mapping of at least `length` bytes at `address` and detaches
     // this buffer before unmapping it (lib/dma.ts, lib/region.ts).
     toArrayBuffer(toPtr(address), 0, length),
+  mmioUnavailable: () => loadAccessorLibrary().reason,
   mmio: (address, _length) => {
-    const a = loadAccessors();
+    const a = loadAccessorLibrary().library;
     if (!a) return undefined;
     // SAFETY: `address` is the start of a live mapping; lib/region.ts bounds-checks every offset
     // against its length before calling, and drops this accessor before unmapping.

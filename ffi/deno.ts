@@ -9,7 +9,7 @@
  */
 import type { RawMmio, Sys } from "../lib/sys.ts";
 import { O_CLOEXEC, O_CREAT, O_RDONLY, O_TRUNC, O_WRONLY } from "../lib/uapi/libc.ts";
-import { type ACCESSOR_SYMBOLS, accessorElf } from "./accessor_elf.ts";
+import { type ACCESSOR_SYMBOLS, type AccessorLoad, loadAccessors } from "./accessor_elf.ts";
 
 const libc = Deno.dlopen("libc.so.6", {
   open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
@@ -63,34 +63,28 @@ type Accessors = Deno.DynamicLibrary<{
   vfio_ts_wr64: { parameters: ["pointer", "u32", "u32", "u32"]; result: "void" };
 }>;
 
-let accessors: Accessors | null | undefined;
-function loadAccessors(): Accessors | null {
-  if (accessors !== undefined) return accessors;
-  accessors = null;
-  const elf = accessorElf(Deno.build.arch === "x86_64" ? "x64" : Deno.build.arch);
-  if (!elf) return null;
-  const fd = sym.memfd_create(cstr("vfio-ts-mmio"), 1 /* MFD_CLOEXEC */);
-  if (fd < 0) return null;
-  try {
-    if (Number(sym.write(fd, elf, BigInt(elf.length))) !== elf.length) return null;
-    accessors = Deno.dlopen(
-      `/proc/self/fd/${fd}`,
-      {
-        vfio_ts_rd8: { parameters: ["pointer", "u32"], result: "u8" },
-        vfio_ts_rd16: { parameters: ["pointer", "u32"], result: "u16" },
-        vfio_ts_rd32: { parameters: ["pointer", "u32"], result: "u32" },
-        vfio_ts_rd64: { parameters: ["pointer", "u32"], result: "u64" },
-        vfio_ts_wr8: { parameters: ["pointer", "u32", "u8"], result: "void" },
-        vfio_ts_wr16: { parameters: ["pointer", "u32", "u16"], result: "void" },
-        vfio_ts_wr32: { parameters: ["pointer", "u32", "u32"], result: "void" },
-        vfio_ts_wr64: { parameters: ["pointer", "u32", "u32", "u32"], result: "void" },
-      } satisfies Record<(typeof ACCESSOR_SYMBOLS)[number], Deno.ForeignFunction>,
-    );
-  } catch {
-    accessors = null;
-  } finally {
-    sym.close(fd);
-  }
+let accessors: AccessorLoad<Accessors> | undefined;
+function loadAccessorLibrary(): AccessorLoad<Accessors> {
+  accessors ??= loadAccessors({
+    arch: Deno.build.arch === "x86_64" ? "x64" : Deno.build.arch,
+    memfdCreate: (name) => ret(sym.memfd_create(cstr(name), 1 /* MFD_CLOEXEC */)),
+    write: (fd, data) => ret(sym.write(fd, data, BigInt(data.length))),
+    close: (fd) => void sym.close(fd),
+    dlopen: (path) =>
+      Deno.dlopen(
+        path,
+        {
+          vfio_ts_rd8: { parameters: ["pointer", "u32"], result: "u8" },
+          vfio_ts_rd16: { parameters: ["pointer", "u32"], result: "u16" },
+          vfio_ts_rd32: { parameters: ["pointer", "u32"], result: "u32" },
+          vfio_ts_rd64: { parameters: ["pointer", "u32"], result: "u64" },
+          vfio_ts_wr8: { parameters: ["pointer", "u32", "u8"], result: "void" },
+          vfio_ts_wr16: { parameters: ["pointer", "u32", "u16"], result: "void" },
+          vfio_ts_wr32: { parameters: ["pointer", "u32", "u32"], result: "void" },
+          vfio_ts_wr64: { parameters: ["pointer", "u32", "u32", "u32"], result: "void" },
+        } satisfies Record<(typeof ACCESSOR_SYMBOLS)[number], Deno.ForeignFunction>,
+      ),
+  });
   return accessors;
 }
 
@@ -120,8 +114,9 @@ export const denoSys: Sys = {
     // SAFETY: the caller owns a live mapping of at least `length` bytes at `address` and detaches
     // this buffer before unmapping it (lib/dma.ts, lib/region.ts).
     Deno.UnsafePointerView.getArrayBuffer(Deno.UnsafePointer.create(address)!, length),
+  mmioUnavailable: () => loadAccessorLibrary().reason,
   mmio: (address, _length) => {
-    const a = loadAccessors();
+    const a = loadAccessorLibrary().library;
     if (!a) return undefined;
     // SAFETY: `address` is the start of a live mapping; lib/region.ts bounds-checks every offset
     // against its length before calling, and drops this accessor before unmapping.

@@ -78,6 +78,11 @@ export interface Sys {
    * none (the caller then falls back to pread/pwrite on the region).
    */
   mmio(address: bigint, length: number): RawMmio | undefined;
+  /**
+   * Why {@link mmio} has no fast accessor (an architecture without one, or a load that failed), or
+   * undefined when it has one. `vfio doctor` reports it.
+   */
+  mmioUnavailable(): string | undefined;
   /** eventfd(2). @returns The fd, or -errno. */
   eventfd(initval: number, flags: number): number;
   /** poll(2) over an array of `struct pollfd`. @returns Ready count, or -errno. */

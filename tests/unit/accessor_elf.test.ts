@@ -6,7 +6,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import process from "node:process";
-import { ACCESSOR_SYMBOLS, accessorElf } from "../../ffi/accessor_elf.ts";
+import { ACCESSOR_SYMBOLS, accessorElf, loadAccessors } from "../../ffi/accessor_elf.ts";
 import { loadSys } from "../../ffi/mod.ts";
 import { MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE } from "../../lib/uapi/libc.ts";
 
@@ -94,3 +94,61 @@ test(
     }
   },
 );
+
+function fakeLoader(dlopen: (path: string) => string, arch = "x64") {
+  const closed: number[] = [];
+  return {
+    closed,
+    loader: {
+      arch,
+      memfdCreate: () => 7,
+      write: (_fd: number, data: Uint8Array) => data.length,
+      close: (fd: number) => void closed.push(fd),
+      dlopen,
+    },
+  };
+}
+
+function captureWarnings(fn: () => void): string[] {
+  const warnings: string[] = [];
+  const original = console.warn;
+  console.warn = (...args: unknown[]) => void warnings.push(args.join(" "));
+  try {
+    fn();
+  } finally {
+    console.warn = original;
+  }
+  return warnings;
+}
+
+test("loadAccessors: a failed dlopen is reported with its reason and a warning, and the memfd is closed", () => {
+  const { closed, loader } = fakeLoader(() => {
+    throw new Error("noexec /proc");
+  });
+  let result: ReturnType<typeof loadAccessors<string>> | undefined;
+  const warnings = captureWarnings(() => (result = loadAccessors(loader)));
+  assert.equal(result?.library, undefined);
+  assert.match(result?.reason ?? "", /dlopen failed: noexec \/proc/);
+  assert.equal(warnings.length, 1);
+  assert.match(warnings[0]!, /falls back to pread\/pwrite/);
+  assert.deepEqual(closed, [7]);
+});
+
+test("loadAccessors: the library is loaded from /proc/self/fd/N without a warning", () => {
+  const { closed, loader } = fakeLoader((path) => `lib at ${path}`);
+  let result: ReturnType<typeof loadAccessors<string>> | undefined;
+  const warnings = captureWarnings(() => (result = loadAccessors(loader)));
+  assert.equal(result?.library, "lib at /proc/self/fd/7");
+  assert.equal(result?.reason, undefined);
+  assert.deepEqual(warnings, []);
+  assert.deepEqual(closed, [7]);
+});
+
+test("loadAccessors: an architecture without an encoding gives a reason and no warning", () => {
+  const { loader } = fakeLoader(() => "unused", "arm64");
+  let result: ReturnType<typeof loadAccessors<string>> | undefined;
+  const warnings = captureWarnings(() => (result = loadAccessors(loader)));
+  assert.equal(result?.library, undefined);
+  assert.match(result?.reason ?? "", /no native accessor for arm64/);
+  assert.deepEqual(warnings, []);
+});

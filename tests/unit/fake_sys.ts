@@ -513,6 +513,10 @@ export class FakeSys implements Sys {
     return m.buffer;
   }
 
+  mmioUnavailable(): string | undefined {
+    return this.fastMmio ? undefined : "the fake has fastMmio off";
+  }
+
   mmio(address: bigint, length: number): RawMmio | undefined {
     const m = this.#maps.get(address);
     if (!m || !(m.region || m.buffer) || length > m.length) {
