@@ -28,6 +28,10 @@ if [ -f "$out/bzImage" ]; then echo "$out/bzImage"; exit 0; fi
 
 tree=$VFIO_LAB_CACHE/build/linux-6.12
 mkdir -p "$VFIO_LAB_CACHE/build" "$out"
+# One build at a time per cache: a second run (another clone, the benchmark) waits, then reuses it.
+exec 9>"$VFIO_LAB_CACHE/build/.lock"
+flock 9
+if [ -f "$out/bzImage" ]; then echo "$out/bzImage"; exit 0; fi
 if [ ! -d "$tree" ]; then
   lab_log "unpacking $src (once)"
   rm -rf "$tree.tmp"; mkdir -p "$tree.tmp"
