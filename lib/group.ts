@@ -20,7 +20,7 @@ import {
 } from "./uapi/vfio.ts";
 import { onDeviceClose, VfioDevice } from "./device.ts";
 import { groupAttached, groupDetached, type VfioContainer } from "./container.ts";
-import { fileHolders } from "./proc.ts";
+import { describeHolders } from "./proc.ts";
 
 /** A device in a group that keeps the group from being viable. */
 export interface GroupMember {
@@ -83,10 +83,7 @@ export class GroupNotViableError extends VfioError {
 const groupHints = (sys: Sys, group: number, path: string) => (code: string) => {
   switch (code) {
     case "EBUSY": {
-      const holders = fileHolders(sys, path);
-      const who = holders.length
-        ? holders.map((h) => `${h.comm} (pid ${h.pid})`).join(", ")
-        : "another process (QEMU, another driver), or this one";
+      const who = describeHolders(sys, path, "another process (QEMU, another driver), or this one");
       return `group ${group} is already open in ${who}; close it there first`;
     }
     case "EACCES":

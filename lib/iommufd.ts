@@ -9,6 +9,7 @@ import { openFd, type OwnedFd, OwnedFd as Fd } from "./fd.ts";
 import { onDeviceClose, VfioDevice } from "./device.ts";
 import { type DmaAccess, IommuBase, type IommuOps, type IovaRange } from "./iommu.ts";
 import { memlockHint } from "./limits.ts";
+import { describeHolders } from "./proc.ts";
 import type { Sys } from "./sys.ts";
 import { deviceCdev, driverOf, requirePciDevice } from "./sysfs.ts";
 import {
@@ -266,7 +267,9 @@ export class IommufdIoas extends IommuBase {
       O_RDWR | O_CLOEXEC,
       (code) =>
         code === "EBUSY"
-          ? `${name} is already open (one open per device)`
+          ? `${name} is already open (one open per device) in ${
+            describeHolders(this.#sys, cdev, "another process, or this one")
+          }; close it there first`
           : code === "EACCES"
           ? `run as root, or give your user access to ${cdev}`
           : undefined,

@@ -60,3 +60,16 @@ export function fileHolders(sys: Sys, path: string): FileHolder[] {
   }
   return found;
 }
+
+/**
+ * Names the processes that hold a file open, for an EBUSY hint: `qemu (pid 812), vfio (pid 990)`.
+ *
+ * @param sys The syscall backend.
+ * @param path The file, as /proc/PID/fd names it.
+ * @param otherwise What to say when no holder is visible (another user's process, or this one).
+ * @returns The text.
+ */
+export function describeHolders(sys: Sys, path: string, otherwise: string): string {
+  const holders = fileHolders(sys, path);
+  return holders.length ? holders.map((h) => `${h.comm || "?"} (pid ${h.pid})`).join(", ") : otherwise;
+}
