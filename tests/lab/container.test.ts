@@ -4,7 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync, writeFileSync } from "node:fs";
 import { VfioContainer } from "../../lib/container.ts";
-import { VfioError } from "../../lib/errors.ts";
+import { DeviceNotBoundError, VfioError } from "../../lib/errors.ts";
 import { GroupNotViableError, VfioGroup } from "../../lib/group.ts";
 import { iommuGroupOf } from "../../lib/sysfs.ts";
 import {
@@ -117,8 +117,10 @@ test("device: a device not bound to vfio-pci cannot be opened, and the error say
   try {
     using c = VfioContainer.open(sys);
     assert.throws(() => c.openDevice(EDU2), (e: unknown) => {
-      assert.ok(e instanceof VfioError);
-      assert.equal(e.code, "ENOENT");
+      assert.ok(e instanceof DeviceNotBoundError);
+      assert.equal(e.code, "ERR_VFIO_DEVICE_NOT_BOUND");
+      assert.equal(e.errno, undefined, "the group node is absent: no syscall failed");
+      assert.equal(e.driver, undefined, "06.0 was left with no driver");
       assert.match(e.message, /vfio-pci/);
       assert.match(e.message, /vfio bind 0000:00:06\.0/);
       return true;
