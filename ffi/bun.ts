@@ -31,6 +31,7 @@ const libc = dlopen("libc.so.6", {
   getuid: { args: [], returns: "u32" },
   mkdir: { args: ["ptr", "u32"], returns: "i32" },
   unlink: { args: ["ptr"], returns: "i32" },
+  chown: { args: ["ptr", "u32", "u32"], returns: "i32" },
   __errno_location: { args: [], returns: "ptr" },
 });
 const sym = libc.symbols;
@@ -136,4 +137,5 @@ export const bunSys: Sys = {
   ...nodeFs,
   mkdir: (path, mode) => ret(sym.mkdir(cstr(path), mode)),
   unlink: (path) => ret(sym.unlink(cstr(path))),
+  chown: (path, uid, gid) => ret(sym.chown(cstr(path), uid, gid)),
 };

@@ -39,6 +39,7 @@ const libc = Deno.dlopen("libc.so.6", {
   getuid: { parameters: [], result: "u32" },
   mkdir: { parameters: ["buffer", "u32"], result: "i32" },
   unlink: { parameters: ["buffer"], result: "i32" },
+  chown: { parameters: ["buffer", "u32", "u32"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
 });
 const sym = libc.symbols;
@@ -202,6 +203,7 @@ export const denoSys: Sys = {
   },
   mkdir: (path, mode) => ret(sym.mkdir(cstr(path), mode)),
   unlink: (path) => ret(sym.unlink(cstr(path))),
+  chown: (path, uid, gid) => ret(sym.chown(cstr(path), uid, gid)),
 };
 
 /** offsetof(struct dirent, d_name) on 64-bit glibc: ino (8), off (8), reclen (2), type (1). */

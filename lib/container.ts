@@ -8,7 +8,7 @@ import { UnsupportedError, VfioUnavailableError } from "./errors.ts";
 import { openFd, type OwnedFd } from "./fd.ts";
 import type { VfioDevice } from "./device.ts";
 import { VfioGroup } from "./group.ts";
-import { type DmaAccess, IommuBase, type IommuOps, type IovaRange } from "./iommu.ts";
+import { type DmaAccess, interruptRemappingHint, IommuBase, type IommuOps, type IovaRange } from "./iommu.ts";
 import { memlockHint } from "./limits.ts";
 import type { Sys } from "./sys.ts";
 import { iommuGroupOf } from "./sysfs.ts";
@@ -54,6 +54,19 @@ export interface IommuInfo {
   iovaRanges: IovaRange[];
   /** How many more DMA mappings the container accepts, when the kernel says. */
   dmaAvail: number | undefined;
+}
+
+/** vfio_iommu_type1's limit on DMA mappings per container, read when the container's IOMMU is set. */
+export const DMA_ENTRY_LIMIT_PATH = "/sys/module/vfio_iommu_type1/parameters/dma_entry_limit";
+
+// The fix for ENOSPC from MAP_DMA: the module parameter, with its current value when readable.
+function dmaEntryLimitHint(sys: Sys): string {
+  const text = sys.readText(DMA_ENTRY_LIMIT_PATH);
+  const value = typeof text === "string" && /^\d+$/.test(text.trim()) ? text.trim() : undefined;
+  return `the container holds as many DMA mappings as vfio_iommu_type1.dma_entry_limit allows (${
+    value === undefined ? "65535 by default" : `now ${value}`
+  }): use fewer, larger mappings, or raise the limit as root (echo N > ${DMA_ENTRY_LIMIT_PATH}, or ` +
+    "vfio_iommu_type1.dma_entry_limit=N on the kernel command line) and open a new container";
 }
 
 /** Options for {@link VfioContainer.open}. */
@@ -258,9 +271,7 @@ export class VfioContainer extends IommuBase {
         : VFIO_TYPE1_IOMMU);
     this.#fd.ioctl(VFIO_SET_IOMMU, chosen, "VFIO_SET_IOMMU", `set IOMMU type ${chosen}`, (code) => {
       if (code === "EPERM" && chosen !== VFIO_NOIOMMU_IOMMU) {
-        return "the IOMMU has no interrupt remapping, which VFIO requires to isolate MSIs; enable it " +
-          "(intel_iommu=on with intremap, or amd_iommu=on) or, if you accept the risk, load " +
-          'vfio_iommu_type1 with allow_unsafe_interrupts=1 (dmesg says "No interrupt remapping support")';
+        return interruptRemappingHint("vfio_iommu_type1");
       }
       if (code === "EINVAL" || code === "ENODEV") {
         return `the kernel has no IOMMU type ${chosen}: see VFIO_CHECK_EXTENSION, or modprobe vfio_iommu_type1`;
@@ -349,10 +360,7 @@ export class VfioContainer extends IommuBase {
       () => `map DMA at iova 0x${iova.toString(16)} (size 0x${size.toString(16)})`,
       (code) => {
         if (code === "ENOMEM" || code === "EAGAIN") return memlockHint(this.#sys, size);
-        if (code === "ENOSPC") {
-          return "the container's DMA mapping limit is reached (vfio_iommu_type1 dma_entry_limit, " +
-            "default 65535): use fewer, larger mappings";
-        }
+        if (code === "ENOSPC") return dmaEntryLimitHint(this.#sys);
         if (code === "EEXIST") return "the IOVA range overlaps an existing mapping";
         if (code === "EFAULT") return "the virtual address range is not mapped in this process";
         return undefined;

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import { check } from "./errors.ts";
+import { check, runAll } from "./errors.ts";
 import { type DmaAccess, type IommuBackend, type IovaRange, onBackendClose } from "./iommu.ts";
 import { alignUp, IovaAllocator, isPowerOfTwo } from "./iova_allocator.ts";
 import {
@@ -198,7 +198,15 @@ export class DmaPool implements Disposable {
     this.#ranges = backend.iovaRanges();
     this.#allocator = new IovaAllocator(this.#ranges, backend.iommuPageSize);
     this.#forget = onBackendClose(backend, () => this.close());
+    onBackendClose(
+      backend,
+      () => runAll("DMA memory", [...this.#stuck.values()].map((s) => s.release)),
+      "last",
+    );
   }
+
+  /** Buffers whose unmap failed, by IOVA: their IOVA and memory are held until it succeeds. */
+  readonly #stuck = new Map<bigint, { length: number; release: () => void }>();
 
   #ranges: IovaRange[];
 
@@ -263,22 +271,12 @@ export class DmaPool implements Disposable {
     });
     const flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE |
       (huge ? MAP_HUGETLB | (Math.log2(huge) << MAP_HUGE_SHIFT) : 0);
-    const vaddr = this.sys.mmap(length, PROT_READ | PROT_WRITE, flags, -1, 0);
+    const vaddr = this.#mapMemory(length, Number(unit), flags, huge);
     try {
-      if (vaddr < 0n) {
-        check(Number(vaddr), {
-          op: "mmap",
-          action: `allocate ${length} bytes of DMA memory`,
-          hints: (code) =>
-            huge && code === "ENOMEM"
-              ? `no free ${huge}-byte hugepages: reserve some in /sys/kernel/mm/hugepages/*/nr_hugepages`
-              : undefined,
-        });
-      }
       this.backend.mapDma(vaddr, iova, length, options);
     } catch (e) {
       this.#allocator.free(iova, length);
-      if (vaddr >= 0n) this.sys.munmap(vaddr, length);
+      this.sys.munmap(vaddr, length);
       throw e;
     }
     const at = iova;
@@ -290,19 +288,54 @@ export class DmaPool implements Disposable {
     // before the memory is unmapped.
     const io = this.sys.mmio(vaddr, length) ?? atomicIo(memory);
     const volatile = new Registers(name, length, "mmap", [{ start: 0, length, io }], io);
+    // Gives the IOVA and the memory back, once no device can reach them.
+    const release = () => {
+      this.#stuck.delete(at);
+      this.#allocator.free(at, length);
+      check(this.sys.munmap(vaddr, length), { op: "munmap", action: "free DMA memory" });
+    };
     const buf: DmaBuffer = new DmaBuffer(at, vaddr, length, memory, () => {
       this.#buffers.delete(buf);
       // The mapping is gone already when the backend closed or its last group left.
       if (!this.backend.closed && this.backend.mappings.get(at) === length) {
-        // If this throws, the IOVA stays allocated and the pages stay mapped: the device may still
-        // reach them, so neither may be reused.
-        this.backend.unmapDma(at, length);
+        try {
+          this.backend.unmapDma(at, length);
+        } catch (e) {
+          // The device may still reach the pages: the IOVA and the memory wait until the unmap is
+          // retried (pool close) or the address space goes (backend close).
+          this.#stuck.set(at, { length, release });
+          throw e;
+        }
       }
-      this.#allocator.free(at, length);
-      check(this.sys.munmap(vaddr, length), { op: "munmap", action: "free DMA memory" });
+      release();
     }, volatile);
     this.#buffers.add(buf);
     return buf;
+  }
+
+  // Anonymous memory aligned to `align`, as type1 wants the process address aligned to the IOMMU
+  // page too: mmap gives CPU-page alignment only, so a larger alignment maps extra and trims it.
+  #mapMemory(length: number, align: number, flags: number, huge: number | undefined): bigint {
+    const slack = huge || align <= this.sys.pageSize ? 0 : align - this.sys.pageSize;
+    const raw = this.sys.mmap(length + slack, PROT_READ | PROT_WRITE, flags, -1, 0);
+    if (raw < 0n) {
+      check(Number(raw), {
+        op: "mmap",
+        action: `allocate ${length} bytes of DMA memory`,
+        hints: (code) =>
+          huge && code === "ENOMEM"
+            ? `no free ${huge}-byte hugepages: reserve some in /sys/kernel/mm/hugepages/*/nr_hugepages`
+            : undefined,
+      });
+    }
+    if (slack === 0) return raw;
+    const vaddr = alignUp(raw, BigInt(align));
+    const head = Number(vaddr - raw), tail = slack - head;
+    if (head > 0) check(this.sys.munmap(raw, head), { op: "munmap", action: "trim DMA memory" });
+    if (tail > 0) {
+      check(this.sys.munmap(vaddr + BigInt(length), tail), { op: "munmap", action: "trim DMA memory" });
+    }
+    return vaddr;
   }
 
   /** The live buffers. */
@@ -315,7 +348,16 @@ export class DmaPool implements Disposable {
     if (this.#closed) return;
     this.#closed = true;
     this.#forget();
-    for (const b of [...this.#buffers].reverse()) b.free();
+    runAll("DMA pool", [
+      ...[...this.#buffers].reverse().map((b) => () => b.free()),
+      // A failed unmap is tried once more; what still fails waits for the backend to close.
+      ...[...this.#stuck].map(([iova, { length, release }]) => () => {
+        if (!this.backend.closed && this.backend.mappings.get(iova) === length) {
+          this.backend.unmapDma(iova, length);
+        }
+        release();
+      }),
+    ]);
   }
 
   /** Closes the pool, as {@link close}. */

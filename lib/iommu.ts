@@ -105,24 +105,45 @@ export interface IommuOps {
 }
 
 const U64_MAX = 0xffffffffffffffffn;
-const hex = (n: bigint | number) => `0x${n.toString(16)}`;
-
-let registerCloseHook: (backend: IommuBase, fn: () => void) => () => void;
 
 /**
- * Registers teardown to run first when a backend closes, while its address space still exists (DMA
- * pools use it to unmap and free their buffers). Internal to the library: not exported by mod.ts.
+ * The fix for EPERM when a device joins an IOMMU domain without MSI isolation: VFIO refuses it
+ * unless interrupts are remapped. Internal: both backends use it.
+ *
+ * @param module The module whose `allow_unsafe_interrupts` parameter lifts the check.
+ * @returns The hint.
+ */
+export function interruptRemappingHint(module: "vfio_iommu_type1" | "iommufd"): string {
+  return "the IOMMU has no interrupt remapping, which VFIO requires to isolate MSIs; enable it " +
+    "(intel_iommu=on with intremap, or amd_iommu=on) or, if you accept the risk, load " +
+    `${module} with allow_unsafe_interrupts=1 (dmesg says "No interrupt remapping support")`;
+}
+const hex = (n: bigint | number) => `0x${n.toString(16)}`;
+
+let registerCloseHook: (backend: IommuBase, fn: () => void, when: "first" | "last") => () => void;
+
+/**
+ * Registers teardown to run when a backend closes. Internal to the library: not exported by mod.ts.
+ * - `"first"` (default): while the address space still exists (DMA pools unmap and free their
+ *   buffers);
+ * - `"last"`: after every mapping is gone with the address space (memory whose unmap failed earlier
+ *   can be released then, since no device can reach it any more).
  *
  * @param backend The backend.
- * @param fn The teardown; it must not throw.
+ * @param fn The teardown.
+ * @param when When it runs.
  * @returns A function that unregisters it (for an owner that closes first).
  * @throws {TypeError} If the backend is closed or is not one of the library's.
  */
-export function onBackendClose(backend: IommuBackend, fn: () => void): () => void {
+export function onBackendClose(
+  backend: IommuBackend,
+  fn: () => void,
+  when: "first" | "last" = "first",
+): () => void {
   if (!(backend instanceof IommuBase)) {
     throw new TypeError("Cannot use this IOMMU backend: open it with VfioContainer.open or IommufdIoas.open");
   }
-  return registerCloseHook(backend, fn);
+  return registerCloseHook(backend, fn, when);
 }
 
 /**
@@ -137,15 +158,17 @@ export abstract class IommuBase implements IommuBackend {
   /** Devices opened through {@link openDevice}, closed with the backend. */
   protected readonly devices: Set<VfioDevice> = new Set();
   readonly #onClose: (() => void)[] = [];
+  readonly #afterClose: (() => void)[] = [];
   #closed = false;
 
   static {
-    registerCloseHook = (backend, fn) => {
+    registerCloseHook = (backend, fn, when) => {
       backend.assertOpen();
-      backend.#onClose.push(fn);
+      const hooks = when === "first" ? backend.#onClose : backend.#afterClose;
+      hooks.push(fn);
       return () => {
-        const i = backend.#onClose.indexOf(fn);
-        if (i >= 0) backend.#onClose.splice(i, 1);
+        const i = hooks.indexOf(fn);
+        if (i >= 0) hooks.splice(i, 1);
       };
     };
   }
@@ -258,7 +281,7 @@ export abstract class IommuBase implements IommuBackend {
   close(): void {
     if (this.#closed) return;
     // Reverse order of setup: buffers (which unmap themselves), remaining mappings, devices, then
-    // the address space and its descriptors.
+    // the address space and its descriptors; last, what had to wait until no mapping is left.
     runAll(this.path, [
       ...this.#onClose.splice(0).reverse(),
       () => this.unmapAll(),
@@ -267,6 +290,7 @@ export abstract class IommuBase implements IommuBackend {
         this.#closed = true;
         this.ops.release();
       },
+      ...this.#afterClose.splice(0),
     ]);
   }
 

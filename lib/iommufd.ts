@@ -7,7 +7,7 @@
 import { check, DeviceNotBoundError, UnsupportedError } from "./errors.ts";
 import { openFd, type OwnedFd, OwnedFd as Fd } from "./fd.ts";
 import { onDeviceClose, VfioDevice } from "./device.ts";
-import { type DmaAccess, IommuBase, type IommuOps, type IovaRange } from "./iommu.ts";
+import { type DmaAccess, interruptRemappingHint, IommuBase, type IommuOps, type IovaRange } from "./iommu.ts";
 import { memlockHint } from "./limits.ts";
 import { describeHolders } from "./proc.ts";
 import type { Sys } from "./sys.ts";
@@ -108,7 +108,11 @@ export class IommufdIoas extends IommuBase {
         sys,
         IOMMUFD_PATH,
         O_RDWR | O_CLOEXEC,
-        (code) => code === "EACCES" ? "run as root, or give your user access to /dev/iommu" : undefined,
+        (code) =>
+          code === "EACCES"
+            ? "run as root, or give your user access to /dev/iommu (the kernel makes it 0660 root: grant it " +
+              "through its group), or use the legacy backend: VFIO_TS_BACKEND=legacy"
+            : undefined,
         (code) =>
           code === "ENOENT" || code === "ENODEV"
             ? "the kernel has no iommufd (CONFIG_IOMMUFD, Linux 6.2+): use the legacy backend"
@@ -225,10 +229,12 @@ export class IommufdIoas extends IommuBase {
   }
 
   /**
-   * Restricts the IOVAs the IOAS may use (IOMMU_IOAS_ALLOW_IOVAS), e.g. to a device's DMA mask.
+   * Sets the IOAS's allowed IOVA ranges (IOMMU_IOAS_ALLOW_IOVAS). The kernel then refuses to attach
+   * a device whose reserved regions fall inside them, and picks IOVAs only from them when it chooses
+   * (this library always maps at fixed IOVAs, which the allowed list does not limit).
    *
    * @param ranges The allowed ranges; an empty list lifts the restriction.
-   * @throws {VfioError} If a range conflicts with existing mappings or reserved regions.
+   * @throws {VfioError} If a range conflicts with existing reserved regions (EADDRINUSE).
    */
   allowIovas(ranges: readonly IovaRange[]): void {
     this.assertOpen();
@@ -271,7 +277,7 @@ export class IommufdIoas extends IommuBase {
             describeHolders(this.#sys, cdev, "another process, or this one")
           }; close it there first`
           : code === "EACCES"
-          ? `run as root, or give your user access to ${cdev}`
+          ? `run as root, or give your user ${cdev}: vfio bind ${name} --user $USER (as root), or a udev rule`
           : undefined,
     );
     return this.#adoptDevice(fd, name);
@@ -299,7 +305,14 @@ export class IommufdIoas extends IommuBase {
         b.bytes,
         "VFIO_DEVICE_BIND_IOMMUFD",
         `bind ${name} to ${this.path}`,
-        (code) => code === "EBUSY" ? "the device is already bound to an iommufd" : undefined,
+        (code) =>
+          code === "EPERM"
+            ? interruptRemappingHint("iommufd") // checked at bind since Linux 6.3
+            : code === "EBUSY"
+            ? "the device's group is open through the legacy container API (/dev/vfio/N): close it there"
+            : code === "EINVAL"
+            ? "the device is already bound to an iommufd, through this open of the cdev or another"
+            : undefined,
       );
       const a = vfio_device_attach_iommufd_pt.alloc();
       a.set("pt_id", this.#ioasId);
@@ -310,8 +323,11 @@ export class IommufdIoas extends IommuBase {
         `attach ${name} to IOAS ${this.#ioasId}`,
         (code) =>
           code === "EPERM"
-            ? "the IOMMU has no interrupt remapping, which VFIO requires to isolate MSIs; enable it " +
-              "(intel_iommu=on with intremap, or amd_iommu=on), or load iommufd with allow_unsafe_interrupts=1"
+            ? interruptRemappingHint("iommufd")
+            : code === "ENOMEM" || code === "EAGAIN"
+            ? memlockHint(this.#sys, [...this.mappings.values()].reduce((a, b) => a + b, 0))
+            : code === "EADDRINUSE"
+            ? "a mapping made before the first attach overlaps the device's reserved IOVA regions"
             : undefined,
       );
     } catch (e) {

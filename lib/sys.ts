@@ -107,4 +107,6 @@ export interface Sys {
   mkdir(path: string, mode: number): number;
   /** unlink(2). @returns 0, or -errno. */
   unlink(path: string): number;
+  /** chown(2): a file's owner and group (`vfio bind --user` hands device nodes over). @returns 0, or -errno. */
+  chown(path: string, uid: number, gid: number): number;
 }

@@ -176,5 +176,8 @@ export function deviceCdev(sys: Sys, bdf: string): string | undefined {
   const entries = sys.readDir(`${pciDeviceDir(bdf)}/vfio-dev`);
   if (typeof entries === "number") return undefined;
   const name = entries.find((e) => /^vfio\d+$/.test(e));
-  return name === undefined ? undefined : `/dev/vfio/devices/${name}`;
+  if (name === undefined) return undefined;
+  // sysfs lists vfio-dev/vfioN since Linux 6.1 even without CONFIG_VFIO_DEVICE_CDEV: the node decides.
+  const nodes = sys.readDir("/dev/vfio/devices");
+  return Array.isArray(nodes) && nodes.includes(name) ? `/dev/vfio/devices/${name}` : undefined;
 }

@@ -107,6 +107,7 @@ export const ERRNO_NAMES: Readonly<Record<number, string>> = {
   77: "EBADFD",
   90: "EMSGSIZE",
   95: "EOPNOTSUPP",
+  98: "EADDRINUSE",
   110: "ETIMEDOUT",
 };
 

@@ -286,3 +286,40 @@ test("dma: iovaAt on a freed buffer is a TypeError", () => {
     return true;
   });
 });
+
+test("dma: with a 64 KiB IOMMU page, buffers are 64 KiB-aligned in the process and at the IOVA, trimmed and freed whole", () => {
+  const fake = withEdu();
+  fake.iovaPgsizes = 0x10000n; // the smallest IOMMU page is 64 KiB, above the CPU's 4 KiB
+  using t = setup(fake);
+  assert.equal(t.container.iommuPageSize, 0x10000);
+  using pool = new DmaPool(t.fake, t.container);
+  const buf = pool.alloc(4096);
+  assert.equal(buf.size, 0x10000);
+  assert.equal(buf.vaddr % 0x10000n, 0n, "type1 wants the process address aligned to the IOMMU page");
+  assert.equal(buf.iova % 0x10000n, 0n);
+  // Only the aligned 64 KiB stays mapped in the process: the slack mmap took was trimmed.
+  assert.deepEqual(t.fake.mappings().map((m) => [m.address, m.length]), [[buf.vaddr, 0x10000]]);
+  buf.free();
+  assert.deepEqual(t.fake.mappings(), []);
+  assert.deepEqual(t.fake.violations, []);
+});
+
+test("dma: a buffer whose unmap fails keeps its IOVA and memory until the backend closes, then both are released", () => {
+  using t = setup();
+  const pool = new DmaPool(t.fake, t.container);
+  const buf = pool.alloc(4096);
+  {
+    using _ = t.fake.fail("ioctl", "VFIO_IOMMU_UNMAP_DMA", "EINVAL", { times: 2 });
+    assert.throws(() => buf.free(), (e: unknown) => e instanceof VfioError && e.code === "EINVAL");
+    // The device may still reach it: neither the IOVA nor the memory is reused.
+    assert.equal(t.kernel.mappings.size, 1);
+    assert.equal(t.fake.mappings().length, 1);
+    assert.notEqual(pool.alloc(4096).iova, buf.iova);
+    // pool.close() tries the unmap once more (it fails again here) and frees the other buffer.
+    assert.throws(() => pool.close(), (e: unknown) => e instanceof VfioError && e.code === "EINVAL");
+    assert.equal(t.fake.mappings().length, 1);
+  }
+  t.container.close(); // unmaps everything, then releases the held memory
+  assert.deepEqual(t.fake.mappings(), []);
+  assert.deepEqual(t.fake.violations, []);
+});

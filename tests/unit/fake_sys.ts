@@ -23,11 +23,50 @@
  * - MAP_DMA pins memory against RLIMIT_MEMLOCK (ENOMEM), needs mapped memory (EFAULT), refuses
  *   overlaps (EEXIST) and IOVAs outside the reported ranges (EINVAL).
  *
+ * iommufd (drivers/iommu/iommufd/{main,ioas,io_pagetable,device}.c, drivers/vfio/device_cdev.c),
+ * when {@link FakeSys.iommufd} is on:
+ * - /dev/iommu opens any number of times; each open is a context whose objects (IOAS, hw page
+ *   table, bound device) share one ID space from 1. The context lives while its fd is open or a
+ *   device is bound to it (the bind holds the file); then every object and mapping goes with it.
+ * - iommufd structs lead with `size`: below the struct is EINVAL. A wrong object ID, or one of
+ *   another type, is ENOENT. IOMMU_DESTROY of an IOAS a device is attached to, of a hw page table
+ *   or of a bound device is EBUSY.
+ * - An IOAS with no device attached has no IOMMU domain: its IOVA ranges are all of 0..U64_MAX and
+ *   its alignment 1, and IOMMU_IOAS_MAP records without pinning (no EFAULT, no ENOMEM yet). The
+ *   first attach makes the domain (a hw page table, whose ID the attach returns): it reserves what
+ *   the IOMMU cannot map (the complement of {@link FakeSys.iovaRanges}: the MSI window, beyond the
+ *   aperture), raises the alignment to the smallest of {@link FakeSys.iovaPgsizes}, and pins every
+ *   mapping. A reserved range that overlaps a mapping or an allowed range, or a mapping off the new
+ *   alignment, is EADDRINUSE; pinning is EFAULT or ENOMEM as below. The last detach undoes it all.
+ * - IOMMU_IOAS_MAP with FIXED_IOVA: an IOVA or user page offset off the alignment, a zero length,
+ *   no access, or a reserved IOVA is EINVAL; an overlap EEXIST; with a domain, unmapped memory
+ *   EFAULT and pinning past RLIMIT_MEMLOCK (counted over every iommufd, apart from type1's count)
+ *   ENOMEM. Allowed ranges do not limit a fixed IOVA: they only keep the ranges from narrowing.
+ * - IOMMU_IOAS_UNMAP removes whole mappings in IOVA order; one the range cuts is ENOENT (those
+ *   before it stay unmapped), as is a range with nothing in it. iova 0 with length U64_MAX removes
+ *   everything, and succeeds on an empty IOAS. `length` returns the bytes unmapped.
+ * - IOMMU_IOAS_IOVA_RANGES writes min(num_iovas, n) ranges through `allowed_iovas` into process
+ *   memory (EFAULT if unmapped), sets num_iovas to n and out_iova_alignment, and is EMSGSIZE when n
+ *   did not fit. IOMMU_IOAS_ALLOW_IOVAS reads its ranges the same way: start >= last or two that
+ *   overlap is EINVAL, one over a reserved range EADDRINUSE; it replaces the list (0 clears it).
+ * - A device cdev /dev/vfio/devices/vfioN exists for a vfio-pci device with `cdev` set, when
+ *   {@link FakeSys.deviceCdevs}; sysfs lists vfio-dev/vfioN regardless, as the kernel does. It
+ *   opens any number of times; until VFIO_DEVICE_BIND_IOMMUFD, every other ioctl, read, write and
+ *   mmap is EINVAL. Bind: EBUSY while the device's group is open the legacy way (and the group
+ *   stays unopenable, EBUSY, while a device of it is bound); EINVAL if this fd is bound or the
+ *   device is bound through another; EBADF for a closed fd, EBADFD for one that is not an iommufd;
+ *   EPERM without interrupt remapping ({@link FakeSys.isolatedMsi}), for a non-viable group, or for
+ *   a group another iommufd owns. ATTACH_IOMMUFD_PT to an IOAS or hw page table (ENOENT for an
+ *   unknown ID, EINVAL for another object) replaces any earlier attachment. Once bound, the device
+ *   behaves as on the legacy path, except hot reset: count must be 0 (EINVAL otherwise), and every
+ *   affected device must be bound to this iommufd or share a group with one that is (EPERM);
+ *   GET_PCI_HOT_RESET_INFO reports devids (FLAG_DEV_ID). Closing the cdev detaches and unbinds it.
+ *
  * What the kernel would block on (reading an empty eventfd, an endless poll with nothing ready),
  * the fake cannot: it returns EAGAIN or throws, which shows up as a test failure. Misuse the kernel
  * would not report (a double close, unmapping memory that a live view or a DMA mapping still uses)
- * is recorded in {@link FakeSys.violations}; {@link FakeSys.leaks} lists it with open fds and
- * mappings.
+ * is recorded in {@link FakeSys.violations}; {@link FakeSys.leaks} lists it with open fds,
+ * mappings, and the mappings of IOASes still alive.
  *
  * @module
  */
@@ -45,6 +84,7 @@ import {
   rlimit,
   RLIMIT_MEMLOCK,
 } from "../../lib/uapi/libc.ts";
+import * as I from "../../lib/uapi/iommufd.ts";
 import type { Fields, Struct, StructDef } from "../../lib/uapi/struct.ts";
 import * as V from "../../lib/uapi/vfio.ts";
 
@@ -131,6 +171,51 @@ interface GroupState {
   container: ContainerState | undefined;
 }
 
+/** An IOMMU_IOAS_MAP mapping. */
+export interface IoasMapping {
+  iova: bigint;
+  length: bigint;
+  vaddr: bigint;
+  flags: number;
+}
+
+/** An IO address space (IOMMU_IOAS_ALLOC) in an iommufd. */
+export interface IoasState {
+  id: number;
+  /** The mappings by IOVA. */
+  mappings: Map<bigint, IoasMapping>;
+  /** IOMMU_IOAS_ALLOW_IOVAS's ranges. */
+  allowed: { start: bigint; last: bigint }[];
+  /** The devices attached. */
+  devices: Set<CdevState>;
+  /** The ID of the hw page table (the IOMMU domain) made by the first attach; undefined without. */
+  hwpt: number | undefined;
+}
+
+/** An open device cdev: unbound, bound to an iommufd, or bound and attached to an IOAS. */
+export interface CdevState {
+  device: FakeDevice;
+  ctx: IommufdState | undefined;
+  /** The device's object ID in `ctx`, from the bind. */
+  devid: number;
+  ioas: IoasState | undefined;
+}
+
+type IommufdObject =
+  | { kind: "ioas"; ioas: IoasState }
+  | { kind: "hwpt"; ioas: IoasState }
+  | { kind: "device"; cdev: CdevState };
+
+/** The kernel's side of an iommufd: alive while its fd is open or a device is bound to it. */
+export interface IommufdState {
+  fd: number | undefined;
+  /** Every object by ID. */
+  objects: Map<number, IommufdObject>;
+  nextId: number;
+  /** Whether it was released, and its objects with it. */
+  released: boolean;
+}
+
 /** One logged call: the operation, what it was on, and its result. */
 export interface Call {
   op: string;
@@ -147,7 +232,16 @@ export interface Call {
 export type FailOp =
   | Exclude<
     keyof Sys,
-    "name" | "pageSize" | "ioctlPtr" | "ioctlInt" | "readAsync" | "memory" | "mmio" | "getenv" | "getuid"
+    | "name"
+    | "pageSize"
+    | "ioctlPtr"
+    | "ioctlInt"
+    | "readAsync"
+    | "memory"
+    | "mmio"
+    | "mmioUnavailable"
+    | "getenv"
+    | "getuid"
   >
   | "ioctl";
 
@@ -155,7 +249,9 @@ type FdEntry =
   | { kind: "container"; path: string; container: ContainerState }
   | { kind: "group"; path: string; group: GroupState }
   | { kind: "device"; path: string; device: FakeDevice; group: GroupState }
-  | { kind: "eventfd"; path: string; counter: Counter };
+  | { kind: "eventfd"; path: string; counter: Counter }
+  | { kind: "iommufd"; path: string; ctx: IommufdState }
+  | { kind: "cdev"; path: string; device: FakeDevice; cdev: CdevState };
 
 interface Mapping {
   address: bigint;
@@ -179,10 +275,15 @@ const IOCTL_NAMES: Record<string, RegExp> = {
   container: /^VFIO_(GET_API_VERSION|CHECK_EXTENSION|SET_IOMMU|IOMMU_(GET_INFO|MAP_DMA|UNMAP_DMA))$/,
   group: /^VFIO_GROUP_/,
   device: /^VFIO_DEVICE_/,
+  cdev: /^VFIO_DEVICE_/,
+  iommufd: /^IOMMU_(DESTROY|IOAS_(ALLOC|ALLOW_IOVAS|IOVA_RANGES|MAP|UNMAP))$/,
 };
+const REQUESTS = Object.entries({ ...V, ...I });
 const ioctlName = (kind: string, request: number) =>
-  Object.entries(V).find(([n, v]) => v === request && IOCTL_NAMES[kind]?.test(n))?.[0] ??
-    `ioctl ${hex(request)}`;
+  REQUESTS.find(([n, v]) => v === request && IOCTL_NAMES[kind]?.test(n))?.[0] ?? `ioctl ${hex(request)}`;
+const U64_MAX = 0xffffffffffffffffn;
+/** EADDRINUSE, which lib/uapi/libc.ts's ERRNO table lacks. */
+const EADDRINUSE = 98;
 
 /**
  * Lays capabilities out as the kernel does: each 8-byte aligned, `next` pointing at the following
@@ -246,8 +347,15 @@ export class FakeSys implements Sys {
   fastMmio = true;
   /** Whether vfio is loaded (/dev/vfio exists). */
   vfioLoaded = true;
-  /** Whether /dev/iommu and the device cdevs are listed (no iommufd ioctl is modelled). */
+  /** Whether the kernel has iommufd (CONFIG_IOMMUFD): /dev/iommu exists. Off by default. */
   iommufd = false;
+  /**
+   * Whether it makes device cdevs (CONFIG_VFIO_DEVICE_CDEV, which needs {@link iommufd}): the
+   * nodes /dev/vfio/devices/vfioN of the vfio-pci devices whose `cdev` is set.
+   */
+  deviceCdevs = true;
+  /** Whether the IOMMU isolates MSIs (interrupt remapping); without it a cdev bind is EPERM. */
+  isolatedMsi = true;
   /** Other files, for readText and writeText. */
   files = new Map<string, string>();
   /** Directories made with mkdir. */
@@ -259,6 +367,8 @@ export class FakeSys implements Sys {
   violations: string[] = [];
   /** Every container opened, in order. */
   containers: ContainerState[] = [];
+  /** Every iommufd opened, in order. */
+  iommufds: IommufdState[] = [];
 
   readonly #devices = new Map<string, FakeDevice>();
   readonly #groups = new Map<number, GroupState>();
@@ -358,11 +468,17 @@ export class FakeSys implements Sys {
     return [...this.#maps.values()].map(({ address, length, what }) => ({ address, length, what }));
   }
 
-  /** What should be gone at the end of a test: open fds, live mappings, and every violation. */
+  /**
+   * What should be gone at the end of a test: open fds, live mappings, the mappings of live IOASes,
+   * and every violation.
+   */
   leaks(): string[] {
     return [
       ...this.openFds().map((f) => `fd ${f.fd} (${f.path}) is open`),
       ...this.mappings().map((m) => `${m.what} at ${hex(m.address)} (${m.length} bytes) is mapped`),
+      ...this.#ioases().flatMap((a) =>
+        [...a.mappings.values()].map((m) => `IOAS ${a.id} maps iova ${hex(m.iova)} (${m.length} bytes)`)
+      ),
       ...this.violations,
     ];
   }
@@ -396,11 +512,24 @@ export class FakeSys implements Sys {
         this.containers.push(container);
         return this.#newFd({ kind: "container", path, container });
       }
+      if (path === "/dev/iommu" && this.iommufd) {
+        const ctx: IommufdState = { fd: undefined, objects: new Map(), nextId: 1, released: false };
+        this.iommufds.push(ctx);
+        return (ctx.fd = this.#newFd({ kind: "iommufd", path, ctx }));
+      }
+      if (path.startsWith("/dev/vfio/devices/")) {
+        const device = this.#cdevNodes().find((d) => `/dev/vfio/devices/${d.cdev}` === path);
+        if (!device) return err("ENOENT");
+        const cdev: CdevState = { device, ctx: undefined, devid: 0, ioas: undefined };
+        return this.#newFd({ kind: "cdev", path, device, cdev });
+      }
       const m = /^\/dev\/vfio\/(?:noiommu-)?(\d+)$/.exec(path);
       if (!m || !this.#groupNodes().includes(path.slice("/dev/vfio/".length))) return err("ENOENT");
       const group = this.#groups.get(Number(m[1])) ??
         { number: Number(m[1]), fd: undefined, deviceFds: 0, container: undefined };
       if (group.fd !== undefined || group.deviceFds > 0) return err("EBUSY");
+      // vfio_group_fops_open: a device of the group is bound through its cdev.
+      if (this.#boundCdevs().some((c) => c.device.group === group.number)) return err("EBUSY");
       this.#groups.set(group.number, group);
       return (group.fd = this.#newFd({ kind: "group", path, group }));
     });
@@ -418,6 +547,8 @@ export class FakeSys implements Sys {
         e.group.deviceFds--;
       }
       if (e.kind === "group" || e.kind === "device") this.#releaseGroup(e.group);
+      if (e.kind === "cdev") this.#unbind(e.cdev); // vfio_device_fops_release
+      if (e.kind === "iommufd") (e.ctx.fd = undefined, this.#releaseIommufd(e.ctx));
       return 0;
     };
     return this.#call({ op: "close", fd }, e?.path, release, release);
@@ -472,7 +603,8 @@ export class FakeSys implements Sys {
     return BigInt(this.#call({ op: "mmap", fd, offset, length }, anon ? "anonymous" : e?.path, () => {
       if (length <= 0) return err("EINVAL");
       if (anon) return this.#map({ length, what: "anonymous memory", buffer: new ArrayBuffer(length) });
-      if (e?.kind !== "device") return err(e ? "ENODEV" : "EBADF");
+      if (e?.kind === "cdev" && !e.cdev.ctx) return err("EINVAL"); // not bound yet
+      if (e?.kind !== "device" && e?.kind !== "cdev") return err(e ? "ENODEV" : "EBADF");
       // vfio_pci_core_mmap: BARs only, page-aligned, inside the BAR.
       const [region, pos] = [e.device.regions[Math.floor(offset / 2 ** 40)], offset % 2 ** 40];
       if (!region || region.index >= V.VFIO_PCI_ROM_REGION_INDEX) return err("EINVAL");
@@ -483,8 +615,11 @@ export class FakeSys implements Sys {
   }
 
   munmap(address: bigint, length: number): number {
-    const m = this.#maps.get(address);
+    const m = this.#maps.get(address) ?? this.#anonymousAround(address, length);
     return this.#call({ op: "munmap", length }, m?.what, () => {
+      if (m && m.buffer && !m.handedOut && (m.address !== address || m.length !== length)) {
+        return this.#trim(m, address, length);
+      }
       if (!m || m.length !== length) {
         this.violations.push(`munmap(${hex(address)}, ${length}): no such mapping`);
         return err("EINVAL");
@@ -495,6 +630,15 @@ export class FakeSys implements Sys {
       for (const d of this.containers.flatMap((c) => [...c.mappings.values()])) {
         if (d.vaddr < address + BigInt(length) && address < d.vaddr + d.size) {
           this.violations.push(`munmap(${hex(address)}): still mapped for DMA at iova ${hex(d.iova)}`);
+        }
+      }
+      for (const a of this.#ioases()) {
+        for (const d of a.mappings.values()) {
+          if (d.vaddr < address + BigInt(length) && address < d.vaddr + d.length) {
+            this.violations.push(
+              `munmap(${hex(address)}): still mapped in IOAS ${a.id} at iova ${hex(d.iova)}`,
+            );
+          }
         }
       }
       this.#maps.delete(address);
@@ -616,15 +760,14 @@ export class FakeSys implements Sys {
 
   readDir(path: string): string[] | number {
     return this.#call({ op: "readDir", path }, path, () => {
-      const vfio = [...this.#devices.values()].filter((d) => d.driver === "vfio-pci");
-      const cdevs = vfio.flatMap((d) => d.cdev ?? []).sort();
+      const cdevs = this.#cdevNodes().map((d) => d.cdev!).sort();
       const members = /^\/sys\/kernel\/iommu_groups\/(\d+)\/devices$/.exec(path)?.[1];
       const [dev, attr] = this.#sysfs(path);
       const list = path === "/dev"
         ? ["null", ...(this.iommufd ? ["iommu"] : []), ...(this.vfioLoaded ? ["vfio"] : [])]
         : path === "/dev/vfio" && this.vfioLoaded
         ? [...this.#groupNodes(), "vfio"].sort()
-        : path === "/dev/vfio/devices" && this.iommufd
+        : path === "/dev/vfio/devices"
         ? cdevs
         : members !== undefined
         ? [...this.#devices.values()].filter((d) => d.group === Number(members)).map((d) => d.bdf).sort()
@@ -645,6 +788,22 @@ export class FakeSys implements Sys {
 
   unlink(path: string): number {
     return this.#call({ op: "unlink", path }, path, () => (this.files.delete(path) ? 0 : err("ENOENT")));
+  }
+
+  /** Owners set by chown(), by path. */
+  readonly owners: Map<string, { uid: number; gid: number }> = new Map();
+
+  chown(path: string, uid: number, gid: number): number {
+    return this.#call({ op: "chown", path }, path, () => {
+      const slash = path.lastIndexOf("/");
+      const listing = this.readDir(path.slice(0, slash) || "/");
+      const exists = this.files.has(path) || this.dirs.has(path) ||
+        (Array.isArray(listing) && listing.includes(path.slice(slash + 1)));
+      if (!exists) return err("ENOENT");
+      if (this.uid !== 0) return err("EPERM");
+      this.owners.set(path, { uid, gid });
+      return 0;
+    });
   }
 
   // --- internals --------------------------------------------------------------------------------
@@ -675,6 +834,34 @@ export class FakeSys implements Sys {
     const e = this.#fds.get(fd);
     if (!e) this.violations.push(`${op} on fd ${fd}, which is not open`);
     return e;
+  }
+
+  // Like the kernel, munmap of part of anonymous memory (not yet handed out through memory()) keeps
+  // the rest mapped: DmaPool trims an over-sized mmap down to an aligned buffer.
+  #anonymousAround(address: bigint, length: number): Mapping | undefined {
+    return [...this.#maps.values()].find((m) =>
+      m.buffer && m.address <= address && address + BigInt(length) <= m.address + BigInt(m.length)
+    );
+  }
+
+  #trim(m: Mapping, address: bigint, length: number): number {
+    if (length <= 0 || (address - m.address) % BigInt(this.pageSize) !== 0n || length % this.pageSize !== 0) {
+      return err("EINVAL");
+    }
+    this.#maps.delete(m.address);
+    const start = Number(address - m.address), end = start + length;
+    if (start > 0) {
+      this.#maps.set(m.address, { ...m, length: start, buffer: m.buffer!.slice(0, start) });
+    }
+    if (end < m.length) {
+      this.#maps.set(address + BigInt(length), {
+        ...m,
+        address: address + BigInt(length),
+        length: m.length - end,
+        buffer: m.buffer!.slice(end),
+      });
+    }
+    return 0;
   }
 
   #map(m: Omit<Mapping, "address">): number {
@@ -722,8 +909,10 @@ export class FakeSys implements Sys {
   #rw(op: "pread" | "pwrite", fd: number, buf: Uint8Array, offset: number): number {
     const e = this.#fd(fd, op);
     return this.#call({ op, fd, offset, length: buf.length }, e?.path, () => {
-      if (e?.kind !== "device") return err(e ? "EINVAL" : "EBADF");
-      const [region, pos] = [e.device.regions[Math.floor(offset / 2 ** 40)], offset % 2 ** 40];
+      // A cdev reads and writes once bound (EINVAL before, as for every fd that is not a device).
+      const device = e?.kind === "device" || (e?.kind === "cdev" && e.cdev.ctx) ? e.device : undefined;
+      if (!device) return err(e ? "EINVAL" : "EBADF");
+      const [region, pos] = [device.regions[Math.floor(offset / 2 ** 40)], offset % 2 ** 40];
       const need = op === "pread" ? V.VFIO_REGION_INFO_FLAG_READ : V.VFIO_REGION_INFO_FLAG_WRITE;
       if (!region || !(region.flags & need) || pos >= region.size) return err("EINVAL");
       const n = Math.min(buf.length, region.size - pos); // vfio_pci_bar_rw stops at the end
@@ -740,6 +929,8 @@ export class FakeSys implements Sys {
       if (e?.kind === "container") return this.#containerIoctl(e.container, name, arg);
       if (e?.kind === "group") return this.#groupIoctl(e.group, name, arg);
       if (e?.kind === "device") return this.#deviceIoctl(e.device, name, arg);
+      if (e?.kind === "cdev") return this.#cdevIoctl(e.cdev, name, arg);
+      if (e?.kind === "iommufd") return this.#iommufdIoctl(e.ctx, name, arg);
       return err(e ? "ENOTTY" : "EBADF");
     });
   }
@@ -966,6 +1157,376 @@ export class FakeSys implements Sys {
       }
     }
     return err("ENOTTY");
+  }
+
+  // --- iommufd ----------------------------------------------------------------------------------
+
+  /** The vfio-pci devices whose cdev node exists. */
+  #cdevNodes(): FakeDevice[] {
+    if (!this.iommufd || !this.deviceCdevs) return [];
+    return [...this.#devices.values()].filter((d) => d.driver === "vfio-pci" && d.cdev !== undefined);
+  }
+
+  /** The open cdevs bound to an iommufd. */
+  #boundCdevs(): CdevState[] {
+    return [...this.#fds.values()].flatMap((e) => (e.kind === "cdev" && e.cdev.ctx ? [e.cdev] : []));
+  }
+
+  /** The IOASes of the iommufds still alive. */
+  #ioases(): IoasState[] {
+    return this.iommufds.filter((c) => !c.released).flatMap((c) =>
+      [...c.objects.values()].flatMap((o) => (o.kind === "ioas" ? [o.ioas] : []))
+    );
+  }
+
+  #ioasOf(ctx: IommufdState, id: number): IoasState | undefined {
+    const o = ctx.objects.get(id);
+    return o?.kind === "ioas" ? o.ioas : undefined;
+  }
+
+  /** The IOVA ranges of an IOAS: all of them until a device attaches, then what the IOMMU maps. */
+  #ioasRanges(a: IoasState): { start: bigint; last: bigint }[] {
+    return a.hwpt === undefined || !this.iovaRanges ? [{ start: 0n, last: U64_MAX }] : this.iovaRanges;
+  }
+
+  /** The reserved ranges: the holes between sorted, disjoint `ranges`. */
+  #holes(ranges: { start: bigint; last: bigint }[]): { start: bigint; last: bigint }[] {
+    const out: { start: bigint; last: bigint }[] = [];
+    let next = 0n;
+    for (const r of [...ranges].sort((a, b) => (a.start < b.start ? -1 : 1))) {
+      if (r.start > next) out.push({ start: next, last: r.start - 1n });
+      next = r.last + 1n;
+    }
+    if (next <= U64_MAX) out.push({ start: next, last: U64_MAX });
+    return out;
+  }
+
+  /** The IOVA alignment of an IOAS: 1 without a domain, else the IOMMU's smallest page. */
+  #alignment(a: IoasState): bigint {
+    return a.hwpt === undefined ? 1n : this.iovaPgsizes & -this.iovaPgsizes;
+  }
+
+  /** The bytes a mapping pins: whole pages. */
+  #pages(m: { vaddr: bigint; length: bigint }): bigint {
+    const page = BigInt(this.pageSize);
+    return ((m.vaddr + m.length - 1n) / page - m.vaddr / page + 1n) * page;
+  }
+
+  /** Pins mappings into a domain: EFAULT for memory not mapped, ENOMEM past RLIMIT_MEMLOCK. */
+  #pin(maps: IoasMapping[]): number {
+    if (maps.some((m) => !this.#userMemory(m.vaddr, m.length))) return err("EFAULT");
+    const pinned = this.#ioases().filter((a) => a.hwpt !== undefined).flatMap((a) => [...a.mappings.values()])
+      .reduce((n, m) => n + this.#pages(m), 0n);
+    const more = maps.reduce((n, m) => n + this.#pages(m), 0n);
+    return this.memlock !== undefined && pinned + more > this.memlock ? err("ENOMEM") : 0;
+  }
+
+  /** Process memory at [address, address + length) when one anonymous mapping holds it all. */
+  #userMemory(address: bigint, length: bigint): Uint8Array | undefined {
+    const m = [...this.#maps.values()].find((m) =>
+      m.buffer && address >= m.address && address + length <= m.address + BigInt(m.length)
+    );
+    if (!m || m.buffer!.detached) return undefined;
+    return new Uint8Array(m.buffer!, Number(address - m.address), Number(length));
+  }
+
+  /** An iommufd struct argument, or -errno: EFAULT for a short buffer, EINVAL below the struct. */
+  #iarg<F extends Fields>(def: StructDef<F>, arg: Uint8Array | number): Struct<F> | number {
+    if (typeof arg === "number" || arg.length < 4) return err("EFAULT");
+    const size = new DataView(arg.buffer, arg.byteOffset, 4).getUint32(0, true);
+    if (size > arg.length) {
+      this.violations.push(`${def.name}: size ${size} exceeds the ${arg.length}-byte buffer`);
+      return err("EFAULT");
+    }
+    return size < def.size ? err("EINVAL") : def.at(arg);
+  }
+
+  #iommufdIoctl(ctx: IommufdState, name: string, arg: Uint8Array | number): number {
+    switch (name) {
+      case "IOMMU_IOAS_ALLOC": {
+        const s = this.#iarg(I.iommu_ioas_alloc, arg);
+        if (typeof s === "number") return s;
+        if (s.get("flags")) return err("EOPNOTSUPP");
+        const ioas: IoasState = {
+          id: ctx.nextId++,
+          mappings: new Map(),
+          allowed: [],
+          devices: new Set(),
+          hwpt: undefined,
+        };
+        ctx.objects.set(ioas.id, { kind: "ioas", ioas });
+        s.set("out_ioas_id", ioas.id);
+        return 0;
+      }
+      case "IOMMU_DESTROY": {
+        const s = this.#iarg(I.iommu_destroy, arg);
+        if (typeof s === "number") return s;
+        const o = ctx.objects.get(s.get("id"));
+        if (!o) return err("ENOENT");
+        // Still in use: an IOAS by its devices' hw page table, that table and a device by vfio.
+        if (o.kind !== "ioas" || o.ioas.hwpt !== undefined) return err("EBUSY");
+        ctx.objects.delete(o.ioas.id);
+        return 0;
+      }
+      case "IOMMU_IOAS_MAP":
+        return this.#ioasMap(ctx, arg);
+      case "IOMMU_IOAS_UNMAP":
+        return this.#ioasUnmap(ctx, arg);
+      case "IOMMU_IOAS_IOVA_RANGES": {
+        const s = this.#iarg(I.iommu_ioas_iova_ranges, arg);
+        if (typeof s === "number") return s;
+        if (s.get("__reserved")) return err("EOPNOTSUPP");
+        const ioas = this.#ioasOf(ctx, s.get("ioas_id"));
+        if (!ioas) return err("ENOENT");
+        const ranges = this.#ioasRanges(ioas), room = s.get("num_iovas");
+        const n = Math.min(room, ranges.length), size = I.iommu_iova_range.size;
+        if (n > 0) {
+          const out = this.#userMemory(s.get("allowed_iovas"), BigInt(n * size));
+          if (!out) return err("EFAULT");
+          ranges.slice(0, n).forEach((r, i) =>
+            I.iommu_iova_range.at(out, i * size).set("start", r.start).set("last", r.last)
+          );
+        }
+        s.set("num_iovas", ranges.length).set("out_iova_alignment", this.#alignment(ioas));
+        return ranges.length > room ? err("EMSGSIZE") : 0;
+      }
+      case "IOMMU_IOAS_ALLOW_IOVAS": {
+        const s = this.#iarg(I.iommu_ioas_allow_iovas, arg);
+        if (typeof s === "number") return s;
+        if (s.get("__reserved")) return err("EOPNOTSUPP");
+        const ioas = this.#ioasOf(ctx, s.get("ioas_id"));
+        if (!ioas) return err("ENOENT");
+        const n = s.get("num_iovas"), size = I.iommu_iova_range.size;
+        const list: { start: bigint; last: bigint }[] = [];
+        const bytes = n ? this.#userMemory(s.get("allowed_iovas"), BigInt(n * size)) : new Uint8Array();
+        if (!bytes) return err("EFAULT");
+        for (let i = 0; i < n; i++) {
+          const r = I.iommu_iova_range.at(bytes, i * size);
+          const [start, last] = [r.get("start"), r.get("last")];
+          if (start >= last || list.some((o) => o.start <= last && start <= o.last)) return err("EINVAL");
+          list.push({ start, last });
+        }
+        const reserved = this.#holes(this.#ioasRanges(ioas));
+        if (list.some((a) => reserved.some((r) => r.start <= a.last && a.start <= r.last))) {
+          return -EADDRINUSE;
+        }
+        ioas.allowed = list;
+        return 0;
+      }
+    }
+    return err("ENOTTY");
+  }
+
+  // iommufd_ioas_map, iopt_map_user_pages: iopt_check_iova, then the pinning into the domain.
+  #ioasMap(ctx: IommufdState, arg: Uint8Array | number): number {
+    const s = this.#iarg(I.iommu_ioas_map, arg);
+    if (typeof s === "number") return s;
+    const { IOMMU_IOAS_MAP_FIXED_IOVA: FIXED, IOMMU_IOAS_MAP_READABLE: R, IOMMU_IOAS_MAP_WRITEABLE: W } = I;
+    const [flags, vaddr, length, iova] = [s.get("flags"), s.get("user_va"), s.get("length"), s.get("iova")];
+    if (flags & ~(FIXED | R | W) || s.get("__reserved")) return err("EOPNOTSUPP");
+    if (iova === U64_MAX || length === U64_MAX) return err("EOVERFLOW");
+    if (!(flags & (R | W))) return err("EINVAL");
+    const ioas = this.#ioasOf(ctx, s.get("ioas_id"));
+    if (!ioas) return err("ENOENT");
+    if (!(flags & FIXED)) throw new Error("FakeSys: IOMMU_IOAS_MAP choosing the IOVA is not modelled");
+    if (length === 0n) return err("EINVAL");
+    if (vaddr + length > U64_MAX || iova + length - 1n > U64_MAX) return err("EOVERFLOW");
+    const [align, last] = [this.#alignment(ioas), iova + length - 1n];
+    if (iova % align !== 0n || (vaddr % BigInt(this.pageSize)) % align !== 0n) return err("EINVAL");
+    if (this.#holes(this.#ioasRanges(ioas)).some((r) => r.start <= last && iova <= r.last)) {
+      return err("EINVAL");
+    }
+    if ([...ioas.mappings.values()].some((m) => m.iova <= last && iova <= m.iova + m.length - 1n)) {
+      return err("EEXIST");
+    }
+    const m: IoasMapping = { iova, length, vaddr, flags };
+    const pinned = ioas.hwpt === undefined ? 0 : this.#pin([m]);
+    if (pinned) return pinned;
+    ioas.mappings.set(iova, m);
+    s.set("iova", iova);
+    return 0;
+  }
+
+  // iommufd_ioas_unmap, iopt_unmap_iova_range: whole areas only, lowest first.
+  #ioasUnmap(ctx: IommufdState, arg: Uint8Array | number): number {
+    const s = this.#iarg(I.iommu_ioas_unmap, arg);
+    if (typeof s === "number") return s;
+    const ioas = this.#ioasOf(ctx, s.get("ioas_id"));
+    if (!ioas) return err("ENOENT");
+    const [iova, length] = [s.get("iova"), s.get("length")];
+    const all = iova === 0n && length === U64_MAX;
+    if (!all && (iova === U64_MAX || length === U64_MAX || iova + length - 1n > U64_MAX)) {
+      return err("EOVERFLOW");
+    }
+    if (!all && length === 0n) return err("EINVAL");
+    const last = all ? U64_MAX : iova + length - 1n;
+    const hits = [...ioas.mappings.values()].filter((m) => m.iova <= last && iova <= m.iova + m.length - 1n)
+      .sort((a, b) => (a.iova < b.iova ? -1 : 1));
+    let unmapped = 0n;
+    for (const m of hits) {
+      if (m.iova < iova || m.iova + m.length - 1n > last) return err("ENOENT");
+      ioas.mappings.delete(m.iova);
+      unmapped += m.length;
+    }
+    if (unmapped === 0n && !all) return err("ENOENT");
+    s.set("length", unmapped);
+    return 0;
+  }
+
+  // vfio_device_fops_unl_ioctl on a cdev: nothing but the bind until bound.
+  #cdevIoctl(c: CdevState, name: string, arg: Uint8Array | number): number {
+    if (name === "VFIO_DEVICE_BIND_IOMMUFD") return this.#bind(c, arg);
+    const ctx = c.ctx;
+    if (!ctx) return err("EINVAL"); // !df->access_granted
+    const d = c.device;
+    switch (name) {
+      case "VFIO_DEVICE_ATTACH_IOMMUFD_PT":
+        return this.#attach(c, ctx, arg);
+      case "VFIO_DEVICE_DETACH_IOMMUFD_PT": {
+        const s = this.#arg(V.vfio_device_detach_iommufd_pt, arg);
+        if (typeof s === "number") return s;
+        if (s.get("flags")) return err("EINVAL");
+        this.#detachPt(c);
+        return 0;
+      }
+      case "VFIO_DEVICE_GET_PCI_HOT_RESET_INFO": {
+        const s = this.#arg(V.vfio_pci_hot_reset_info, arg);
+        if (typeof s === "number" || !d.hotReset) return typeof s === "number" ? s : err("ENODEV");
+        const ids = d.hotReset.map((h) => this.#hotResetOwner(ctx, h));
+        const owned = ids.includes(V.VFIO_PCI_DEVID_NOT_OWNED) ? 0 : V.VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED;
+        s.set("flags", V.VFIO_PCI_HOT_RESET_FLAG_DEV_ID | owned).set("count", ids.length);
+        if (s.get("argsz") < s.def.size + 8 * ids.length) return err("ENOSPC");
+        d.hotReset.forEach((h, i) => {
+          const [seg, bus, slot, fn] = h.bdf.split(/[:.]/).map((x) => parseInt(x, 16));
+          V.vfio_pci_dependent_device.at(s.bytes, s.def.size + 8 * i).set("devid", ids[i]! >>> 0)
+            .set("segment", seg!).set("bus", bus!).set("devfn", (slot! << 3) | fn!);
+        });
+        return 0;
+      }
+      case "VFIO_DEVICE_PCI_HOT_RESET": {
+        // A cdev passes no group fds: every affected device must belong to this iommufd.
+        const s = this.#arg(V.vfio_pci_hot_reset, arg);
+        if (typeof s === "number") return s;
+        if (s.get("count") !== 0) return err("EINVAL");
+        if (!d.hotReset) return err("ENODEV");
+        if (d.hotReset.some((h) => this.#hotResetOwner(ctx, h) === V.VFIO_PCI_DEVID_NOT_OWNED)) {
+          return err("EPERM");
+        }
+        d.resets++;
+        return 0;
+      }
+    }
+    return this.#deviceIoctl(d, name, arg);
+  }
+
+  /** A hot reset dependent's devid in `ctx`: bound to it, owned through its group, or not owned. */
+  #hotResetOwner(ctx: IommufdState, h: { bdf: string; group: number }): number {
+    const d = this.#devices.get(h.bdf);
+    if (d?.driver !== "vfio-pci") return V.VFIO_PCI_DEVID_NOT_OWNED;
+    const bound = this.#boundCdevs().filter((c) => c.ctx === ctx);
+    const own = bound.find((c) => c.device === d);
+    if (own) return own.devid;
+    return bound.some((c) => c.device.group === h.group)
+      ? V.VFIO_PCI_DEVID_OWNED
+      : V.VFIO_PCI_DEVID_NOT_OWNED;
+  }
+
+  // vfio_df_ioctl_bind_iommufd, then iommufd_device_bind.
+  #bind(c: CdevState, arg: Uint8Array | number): number {
+    const s = this.#arg(V.vfio_device_bind_iommufd, arg, 12);
+    if (typeof s === "number") return s;
+    if (s.get("flags") || s.get("iommufd") < 0) return err("EINVAL");
+    const d = c.device;
+    const g = d.group === undefined ? undefined : this.#groups.get(d.group);
+    if (g && (g.fd !== undefined || g.deviceFds > 0)) return err("EBUSY"); // vfio_device_block_group
+    if (c.ctx) return err("EINVAL"); // this fd is bound already
+    const e = this.#fds.get(s.get("iommufd"));
+    if (!e) return err("EBADF");
+    if (e.kind !== "iommufd") return err("EBADFD"); // iommufd_ctx_from_fd
+    const bound = this.#boundCdevs();
+    if (bound.some((o) => o.device === d)) return err("EINVAL"); // vfio_df_open: one cdev open
+    if (!this.isolatedMsi) return err("EPERM"); // unless iommufd's allow_unsafe_interrupts
+    // iommu_device_claim_dma_owner: a viable group that no other iommufd owns.
+    const members = d.group === undefined
+      ? [d]
+      : [...this.#devices.values()].filter((x) => x.group === d.group);
+    if (!members.every((x) => x.driver === undefined || x.driver === "vfio-pci")) return err("EPERM");
+    if (d.group !== undefined && bound.some((o) => o.device.group === d.group && o.ctx !== e.ctx)) {
+      return err("EPERM");
+    }
+    c.ctx = e.ctx;
+    c.devid = e.ctx.nextId++;
+    e.ctx.objects.set(c.devid, { kind: "device", cdev: c });
+    s.set("out_devid", c.devid);
+    return 0;
+  }
+
+  // vfio_iommufd_physical_attach_ioas: iommufd_device_attach, or iommufd_device_replace.
+  #attach(c: CdevState, ctx: IommufdState, arg: Uint8Array | number): number {
+    const s = this.#arg(V.vfio_device_attach_iommufd_pt, arg, 12);
+    if (typeof s === "number") return s;
+    if (s.get("flags")) return err("EINVAL");
+    const o = ctx.objects.get(s.get("pt_id"));
+    if (!o) return err("ENOENT");
+    if (o.kind === "device") return err("EINVAL");
+    const ioas = o.ioas;
+    if (ioas.hwpt === undefined) {
+      // The first device makes the domain: reserve what it cannot map, raise the alignment, pin.
+      const reserved = this.#holes(this.iovaRanges ?? [{ start: 0n, last: U64_MAX }]);
+      const clash = (a: { start: bigint; last: bigint }) =>
+        reserved.some((r) => r.start <= a.last && a.start <= r.last);
+      const maps = [...ioas.mappings.values()];
+      if (
+        maps.some((m) => clash({ start: m.iova, last: m.iova + m.length - 1n })) || ioas.allowed.some(clash)
+      ) {
+        return -EADDRINUSE; // iopt_reserve_iova
+      }
+      const align = this.iovaPgsizes & -this.iovaPgsizes;
+      if (maps.some((m) => (m.iova | m.length | (m.vaddr % BigInt(this.pageSize))) % align !== 0n)) {
+        return -EADDRINUSE; // iopt_check_iova_alignment
+      }
+      const pinned = this.#pin(maps);
+      if (pinned) return pinned;
+      ioas.hwpt = ctx.nextId++;
+      ctx.objects.set(ioas.hwpt, { kind: "hwpt", ioas });
+    }
+    if (c.ioas !== ioas) {
+      this.#detachPt(c);
+      ioas.devices.add(c);
+      c.ioas = ioas;
+    }
+    s.set("pt_id", ioas.hwpt);
+    return 0;
+  }
+
+  /** Detaches a device; the last one takes the domain (its reservations, alignment, pins) along. */
+  #detachPt(c: CdevState): void {
+    const a = c.ioas;
+    if (!a) return;
+    a.devices.delete(c);
+    c.ioas = undefined;
+    if (a.devices.size === 0 && a.hwpt !== undefined) {
+      c.ctx!.objects.delete(a.hwpt);
+      a.hwpt = undefined;
+    }
+  }
+
+  // vfio_df_unbind_iommufd: close the device, detach, unbind; the iommufd may go with it.
+  #unbind(c: CdevState): void {
+    const ctx = c.ctx;
+    if (!ctx) return;
+    c.device.irqs.forEach((irq) => (irq.triggers = [])); // vfio_pci_core_close_device
+    this.#detachPt(c);
+    ctx.objects.delete(c.devid);
+    c.ctx = undefined;
+    this.#releaseIommufd(ctx);
+  }
+
+  // iommufd_fops_release: once the fd is closed and no bound device holds the file.
+  #releaseIommufd(ctx: IommufdState): void {
+    if (ctx.fd !== undefined || [...ctx.objects.values()].some((o) => o.kind === "device")) return;
+    ctx.released = true;
+    ctx.objects.clear();
   }
 
   // vfio_set_irqs_validate_and_prepare, then vfio_pci_set_irqs_ioctl.

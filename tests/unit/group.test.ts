@@ -112,9 +112,13 @@ test("sysfs: no group node means nothing is bound to vfio-pci (DeviceNotBoundErr
   });
 });
 
-test("sysfs: the device cdev is found under vfio-dev", () => {
+test("sysfs: the device cdev is found under vfio-dev, and only when its node exists", () => {
   const fake = withEdu({ cdev: "vfio3" });
+  fake.iommufd = true;
   assert.equal(deviceCdev(fake, EDU), "/dev/vfio/devices/vfio3");
+  fake.deviceCdevs = false; // sysfs still lists vfio-dev/vfio3 (Linux 6.1+), but no node is made
+  assert.equal(deviceCdev(fake, EDU), undefined);
+  fake.deviceCdevs = true;
   fake.device(EDU).cdev = undefined;
   assert.equal(deviceCdev(fake, EDU), undefined);
 });
