@@ -154,11 +154,12 @@ export class VfioContainer extends IommuBase {
     attach = (c, group) => c.#groups.add(group);
     detach = (c, group) => {
       c.#groups.delete(group);
-      for (const [n, g] of c.#ownGroups) if (g === group) c.#ownGroups.delete(n);
+      // A group the container opened stays its own to close, even after the caller unset it.
       if (c.#groups.size === 0) {
         c.#type = undefined;
         c.#info = undefined;
         c.forgetMappings();
+        c.addressSpaceGone();
       }
     };
   }
@@ -420,7 +421,9 @@ export class VfioContainer extends IommuBase {
 
   #openDevice(bdf: string): VfioDevice {
     const number = iommuGroupOf(this.#sys, bdf);
-    let group = this.#ownGroups.get(number) ?? [...this.#groups].find((g) => g.group === number);
+    const own = this.#ownGroups.get(number);
+    if (own?.closed) this.#ownGroups.delete(number);
+    let group = (own?.closed ? undefined : own) ?? [...this.#groups].find((g) => g.group === number);
     let opened = false;
     if (!group) {
       group = VfioGroup.open(this.#sys, number, { device: bdf });

@@ -350,13 +350,18 @@ export class DmaPool implements Disposable {
     this.#forget();
     runAll("DMA pool", [
       ...[...this.#buffers].reverse().map((b) => () => b.free()),
-      // A failed unmap is tried once more; what still fails waits for the backend to close.
-      ...[...this.#stuck].map(([iova, { length, release }]) => () => {
-        if (!this.backend.closed && this.backend.mappings.get(iova) === length) {
-          this.backend.unmapDma(iova, length);
-        }
-        release();
-      }),
+      // A failed unmap (earlier, or in the frees just above) is tried once more; what still fails
+      // waits for the backend's address space to go.
+      () =>
+        runAll(
+          "DMA pool",
+          [...this.#stuck].map(([iova, { length, release }]) => () => {
+            if (!this.backend.closed && this.backend.mappings.get(iova) === length) {
+              this.backend.unmapDma(iova, length);
+            }
+            release();
+          }),
+        ),
     ]);
   }
 

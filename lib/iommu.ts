@@ -126,8 +126,9 @@ let registerCloseHook: (backend: IommuBase, fn: () => void, when: "first" | "las
  * Registers teardown to run when a backend closes. Internal to the library: not exported by mod.ts.
  * - `"first"` (default): while the address space still exists (DMA pools unmap and free their
  *   buffers);
- * - `"last"`: after every mapping is gone with the address space (memory whose unmap failed earlier
- *   can be released then, since no device can reach it any more).
+ * - `"last"`: once every mapping is gone with the address space, which may be after close when a
+ *   group the caller holds keeps a legacy container alive (memory whose unmap failed earlier can be
+ *   released then, since no device can reach it any more).
  *
  * @param backend The backend.
  * @param fn The teardown.
@@ -278,6 +279,22 @@ export abstract class IommuBase implements IommuBackend {
     this.#mappings.clear();
   }
 
+  /**
+   * Tells the base that the kernel's address space is gone (the last group left a closed
+   * container), so that what waited for it runs.
+   */
+  protected addressSpaceGone(): void {
+    if (this.#closed) this.#settle();
+  }
+
+  // The "last" close hooks run once no mapping can be left: at close when the unmap-all succeeded or
+  // the address space died with it, or later, when a group the caller still holds leaves the closed
+  // container.
+  #settle(): void {
+    if (this.#mappings.size > 0 && this.ops.alive()) return;
+    runAll(this.path, this.#afterClose.splice(0));
+  }
+
   close(): void {
     if (this.#closed) return;
     // Reverse order of setup: buffers (which unmap themselves), remaining mappings, devices, then
@@ -290,7 +307,7 @@ export abstract class IommuBase implements IommuBackend {
         this.#closed = true;
         this.ops.release();
       },
-      ...this.#afterClose.splice(0),
+      () => this.#settle(),
     ]);
   }
 

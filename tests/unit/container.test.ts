@@ -5,6 +5,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { VfioContainer } from "../../lib/container.ts";
+import { DmaPool } from "../../lib/dma.ts";
 import { UnsupportedError, VfioError, VfioUnavailableError } from "../../lib/errors.ts";
 import { VfioGroup } from "../../lib/group.ts";
 import {
@@ -483,4 +484,38 @@ test("container: iommuPageSize after close is a TypeError", () => {
     assert.match(e.message, /Cannot use \/dev\/vfio\/vfio: the .* backend is closed/);
     return true;
   });
+});
+
+test("container: a group the container opened stays its own to close after the caller unsets it", () => {
+  const fake = withEdu();
+  const container = VfioContainer.open(fake);
+  const device = container.openDevice(EDU);
+  device.close();
+  const group = [...container.groups][0]!;
+  group.unsetContainer();
+  assert.equal(container.groups.size, 0);
+  container.close();
+  assert.equal(group.closed, true, "the container closed the group it had opened");
+  assert.deepEqual(fake.leaks(), []);
+});
+
+test("container: memory whose unmap failed waits while a caller's group keeps the closed container alive", () => {
+  const fake = withEdu();
+  const container = VfioContainer.open(fake);
+  const group = VfioGroup.open(fake, 4); // the caller's, not the container's
+  group.setContainer(container);
+  container.setIommu();
+  const pool = new DmaPool(fake, container);
+  pool.alloc(1);
+  {
+    using _ = fake.fail("ioctl", "VFIO_IOMMU_UNMAP_DMA", "EINVAL");
+    assert.throws(() => container.close());
+  }
+  // The kernel still maps the buffer for the device: its memory must stay.
+  assert.equal(fake.containers[0]!.mappings.size, 1);
+  assert.equal(fake.mappings().length, 1);
+  assert.deepEqual(fake.violations, []);
+  group.close(); // the last group leaves: the kernel drops the IOMMU and its mappings
+  assert.deepEqual(fake.mappings(), []);
+  assert.deepEqual(fake.leaks(), []);
 });

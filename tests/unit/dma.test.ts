@@ -309,15 +309,18 @@ test("dma: a buffer whose unmap fails keeps its IOVA and memory until the backen
   const pool = new DmaPool(t.fake, t.container);
   const buf = pool.alloc(4096);
   {
-    using _ = t.fake.fail("ioctl", "VFIO_IOMMU_UNMAP_DMA", "EINVAL", { times: 2 });
+    using _ = t.fake.fail("ioctl", "VFIO_IOMMU_UNMAP_DMA", "EINVAL");
     assert.throws(() => buf.free(), (e: unknown) => e instanceof VfioError && e.code === "EINVAL");
     // The device may still reach it: neither the IOVA nor the memory is reused.
     assert.equal(t.kernel.mappings.size, 1);
     assert.equal(t.fake.mappings().length, 1);
-    assert.notEqual(pool.alloc(4096).iova, buf.iova);
-    // pool.close() tries the unmap once more (it fails again here) and frees the other buffer.
-    assert.throws(() => pool.close(), (e: unknown) => e instanceof VfioError && e.code === "EINVAL");
-    assert.equal(t.fake.mappings().length, 1);
+    const other = pool.alloc(4096);
+    assert.notEqual(other.iova, buf.iova);
+    // pool.close() frees the other buffer (its unmap fails too) and tries the held one again: both
+    // stay held, mapped for the device and in the process.
+    assert.throws(() => pool.close());
+    assert.equal(t.kernel.mappings.size, 2);
+    assert.equal(t.fake.mappings().length, 2);
   }
   t.container.close(); // unmaps everything, then releases the held memory
   assert.deepEqual(t.fake.mappings(), []);
