@@ -7,6 +7,9 @@
  * long as the binding does: until reboot. `unbind` gives the device back to that driver, or to the
  * one named with `--driver`, or, with no record, to whatever the kernel's driver matching picks.
  *
+ * `bind --user NAME` then hands the device's own VFIO nodes (the group node and, with cdevs, the
+ * device cdev) to that user: see {@link BindOptions}.
+ *
  * @module
  */
 import { check } from "../lib/errors.ts";
@@ -47,6 +50,35 @@ export interface BindResult {
   iommuGroup: number | null;
   /** The group's node now that vfio-pci owns the device, or null when there is none. */
   groupNode: string | null;
+  /** With `--user`: who now owns the device's VFIO nodes, and which nodes; null without it. */
+  user: BindUser | null;
+}
+
+/** The user `bind --user` handed a device's VFIO nodes to. */
+export interface BindUser {
+  /** The name given (a passwd name, or a numeric user ID). */
+  name: string;
+  /** Its user ID. */
+  uid: number;
+  /** Its primary group ID (from /etc/passwd; the user ID itself for a number without an entry). */
+  gid: number;
+  /** The nodes now owned by uid:gid: the group node, then the device cdev when the kernel makes one. */
+  nodes: string[];
+}
+
+/** Options for {@link bind}. */
+export interface BindOptions {
+  /**
+   * A user to hand the device's VFIO nodes to, after binding: the group node /dev/vfio/N and, on a
+   * kernel with device cdevs, /dev/vfio/devices/vfioN become owned by the user and its primary group.
+   * The kernel creates them mode 0600, so the user alone gets access (a udev rule that loosened the
+   * mode is left as it is). /dev/vfio/vfio is world-accessible already; /dev/iommu is not touched:
+   * it is shared by every device and the kernel makes it 0660 root on purpose, so iommufd access is
+   * granted through its group by the administrator (or the user's programs use the legacy backend,
+   * VFIO_TS_BACKEND=legacy). The ownership lasts as long as the node: until the device leaves
+   * vfio-pci (the kernel removes the node) or the next boot. A passwd name, or a numeric user ID.
+   */
+  user?: string;
 }
 
 /** What `vfio unbind --json` prints. */
@@ -73,6 +105,44 @@ export function statePath(bdf: string): string {
   return `${STATE_DIR}/${bdf}.driver`;
 }
 
+/** User names `--user` accepts: what useradd allows (and plain numbers, taken as user IDs). */
+export const USER_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?$/;
+
+/**
+ * Finds a user's IDs in /etc/passwd (through Sys, as every other file the CLI reads). A number that
+ * has no entry is taken as a user ID with the same group ID.
+ *
+ * @param sys The syscall backend.
+ * @param name A passwd name or a numeric user ID.
+ * @returns The user's IDs.
+ * @throws {CliError} If the name is not a user name, or no such user exists (status 2).
+ */
+export function resolveUser(sys: Sys, name: string): { name: string; uid: number; gid: number } {
+  const numeric = /^\d{1,10}$/.test(name) && Number(name) < 0xffffffff;
+  if (!USER_NAME.test(name)) {
+    throw new CliError(`Cannot hand the device to user ${JSON.stringify(name)}: it is not a user name`, {
+      code: "ERR_VFIO_UNKNOWN_USER",
+      exitCode: 2,
+    });
+  }
+  const passwd = sys.readText("/etc/passwd");
+  for (const line of typeof passwd === "string" ? passwd.split("\n") : []) {
+    const [user, , uid, gid] = line.split(":");
+    if (uid === undefined || gid === undefined || !/^\d+$/.test(uid) || !/^\d+$/.test(gid)) continue;
+    if (user === name || (numeric && Number(uid) === Number(name))) {
+      return { name, uid: Number(uid), gid: Number(gid) };
+    }
+  }
+  if (numeric) return { name, uid: Number(name), gid: Number(name) };
+  const hint = "give a user from /etc/passwd, or a numeric user ID";
+  throw new CliError(`Cannot hand the device to user ${name}: /etc/passwd has no such user; ${hint}`, {
+    code: "ERR_VFIO_UNKNOWN_USER",
+    exitCode: 2,
+    hint,
+    path: "/etc/passwd",
+  });
+}
+
 // Driver names become sysfs paths (/sys/bus/pci/drivers/NAME/bind): nothing but a plain name passes.
 function checkDriverName(name: string, from: string): string {
   if (!/^[A-Za-z0-9_.+:-]{1,64}$/.test(name) || name === "." || name === "..") {
@@ -84,11 +154,15 @@ function checkDriverName(name: string, from: string): string {
   return name;
 }
 
-function requireRoot(sys: Sys, action: string): void {
+function requireRoot(
+  sys: Sys,
+  action: string,
+  why = "sysfs driver bindings can only be changed by root",
+): void {
   if (sys.getuid() !== 0) {
     const hint = "run it with sudo";
     throw new CliError(
-      `Cannot ${action}: sysfs driver bindings can only be changed by root; ${hint}`,
+      `Cannot ${action}: ${why}; ${hint}`,
       { code: "ERR_VFIO_NOT_ROOT", hint },
     );
   }
@@ -133,21 +207,30 @@ function holders(sys: Sys, paths: readonly string[]): { text: string[]; path: st
 
 /**
  * Binds a device to vfio-pci: records its driver, unbinds it, sets driver_override to vfio-pci
- * and asks the kernel to probe it. Binding a device already on vfio-pci changes nothing.
+ * and asks the kernel to probe it. Binding a device already on vfio-pci changes nothing. With
+ * `options.user`, the device's VFIO nodes are then handed to that user ({@link BindOptions}), also
+ * when it was bound already.
  *
  * @param sys The syscall backend.
  * @param bdf The device's PCI address.
+ * @param options The user to hand the device's nodes to.
  * @returns What happened.
- * @throws {CliError} If not root, vfio-pci is not loaded, or vfio-pci did not take the device.
- * @throws {VfioError} If the device does not exist or a sysfs write fails.
+ * @throws {CliError} If not root, vfio-pci is not loaded, vfio-pci did not take the device, or the
+ *   user does not exist (checked before anything changes).
+ * @throws {VfioError} If the device does not exist, or a sysfs write or chown fails.
  */
-export function bind(sys: Sys, bdf: string): BindResult {
+export function bind(sys: Sys, bdf: string, options: BindOptions = {}): BindResult {
   const name = requirePciDevice(sys, bdf);
   const action = `bind ${name} to vfio-pci`;
   const dir = `${PCI_DEVICES}/${name}`;
   const current = driverName(sys, name);
+  const owner = options.user === undefined ? undefined : resolveUser(sys, options.user);
+  if (owner) {
+    requireRoot(sys, `give ${name} to user ${owner.name}`, "only root can change who owns its nodes");
+  }
   const result = (changed: boolean, previous: string | null, savedIn: string | null): BindResult => {
     const group = groupNumber(sys, name);
+    const groupNode = group === null ? null : groupNodePath(vfioNodes(sys), group);
     return {
       version: 1,
       bdf: name,
@@ -156,7 +239,8 @@ export function bind(sys: Sys, bdf: string): BindResult {
       changed,
       savedIn,
       iommuGroup: group,
-      groupNode: group === null ? null : groupNodePath(vfioNodes(sys), group),
+      groupNode,
+      user: owner ? { ...owner, nodes: handOver(sys, name, groupNode, owner) } : null,
     };
   };
   if (isVfioDriver(current)) {
@@ -190,6 +274,24 @@ export function bind(sys: Sys, bdf: string): BindResult {
     throw e;
   }
   return result(true, current, statePath(name));
+}
+
+// chown(2)s the device's own VFIO nodes to the user: the group node, and the cdev when there is one.
+function handOver(
+  sys: Sys,
+  name: string,
+  groupNode: string | null,
+  user: { name: string; uid: number; gid: number },
+): string[] {
+  const nodes = [groupNode, deviceCdevPath(sys, name)].filter((p): p is string => p !== null);
+  for (const path of nodes) {
+    check(sys.chown(path, user.uid, user.gid), {
+      op: "chown",
+      path,
+      action: `give ${path} to user ${user.name} (uid ${user.uid}, gid ${user.gid})`,
+    });
+  }
+  return nodes;
 }
 
 /**
@@ -258,16 +360,29 @@ export function unbind(sys: Sys, bdf: string, driver?: string): UnbindResult {
  * @returns The lines.
  */
 export function formatBind(r: BindResult): string[] {
-  if (!r.changed) {
-    return [
-      `${r.bdf} is already bound to ${r.driver}${r.previous ? ` (previous driver: ${r.previous})` : ""}`,
+  const lines = !r.changed
+    ? [`${r.bdf} is already bound to ${r.driver}${r.previous ? ` (previous driver: ${r.previous})` : ""}`]
+    : [
+      `${r.bdf}: ${r.previous ?? "no driver"} -> ${r.driver}; IOMMU group ${r.iommuGroup ?? "none"}` +
+      `${r.groupNode ? ` (${r.groupNode})` : ""}`,
+      `previous driver recorded in ${r.savedIn}; \`vfio unbind ${r.bdf}\` restores it`,
     ];
+  const u = r.user;
+  if (u) {
+    lines.push(
+      u.nodes.length
+        ? `${u.nodes.join(" and ")} now belong to ${u.name} (uid ${u.uid}, gid ${u.gid}), until the device ` +
+          "leaves vfio-pci"
+        : `${r.bdf} has no VFIO node to give to ${u.name}`,
+    );
+    if (u.nodes.some((p) => p.startsWith("/dev/vfio/devices/"))) {
+      lines.push(
+        "iommufd also needs /dev/iommu, which stays root's (every device shares it): grant it through its " +
+          "group, or use the legacy backend (VFIO_TS_BACKEND=legacy)",
+      );
+    }
   }
-  return [
-    `${r.bdf}: ${r.previous ?? "no driver"} -> ${r.driver}; IOMMU group ${r.iommuGroup ?? "none"}` +
-    `${r.groupNode ? ` (${r.groupNode})` : ""}`,
-    `previous driver recorded in ${r.savedIn}; \`vfio unbind ${r.bdf}\` restores it`,
-  ];
+  return lines;
 }
 
 /**

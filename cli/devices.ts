@@ -10,7 +10,7 @@
  */
 import type { Sys } from "../lib/sys.ts";
 import { canonicalPciAddress } from "../lib/pci_address.ts";
-import { PCI_DEVICES, pciAttr } from "../lib/sysfs.ts";
+import { deviceCdev, PCI_DEVICES, pciAttr } from "../lib/sysfs.ts";
 
 /** A PCI device as `vfio list --json` reports it. */
 export interface DeviceSummary {
@@ -179,20 +179,14 @@ export function vfioNodes(sys: Sys): string[] {
 }
 
 /**
- * A device's VFIO cdev, when the node exists. sysfs lists the vfio device under `vfio-dev/` even
- * when the kernel makes no cdevs (no CONFIG_VFIO_DEVICE_CDEV), so the node itself is checked.
+ * A device's VFIO cdev, when the node exists (the library's lookup, with the CLI's null).
  *
  * @param sys The syscall backend.
  * @param bdf A PCI address.
  * @returns `/dev/vfio/devices/vfioN`, or null.
  */
 export function deviceCdevPath(sys: Sys, bdf: string): string | null {
-  const entries = sys.readDir(`${PCI_DEVICES}/${canonicalPciAddress(bdf)}/vfio-dev`);
-  const name = typeof entries === "number" ? undefined : entries.find((e) => /^vfio\d+$/.test(e));
-  const nodes = sys.readDir("/dev/vfio/devices");
-  return name !== undefined && typeof nodes !== "number" && nodes.includes(name)
-    ? `/dev/vfio/devices/${name}`
-    : null;
+  return deviceCdev(sys, bdf) ?? null;
 }
 
 /**

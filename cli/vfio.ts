@@ -25,7 +25,7 @@ import { loadSys } from "../ffi/mod.ts";
 import { VfioError } from "../lib/errors.ts";
 import { canonicalPciAddress } from "../lib/pci_address.ts";
 import type { Sys } from "../lib/sys.ts";
-import { bind, formatBind, formatUnbind, unbind } from "./bind.ts";
+import { bind, formatBind, formatUnbind, unbind, USER_NAME } from "./bind.ts";
 import { doctor, formatDoctor } from "./doctor.ts";
 import { CliError, errorJson, exitCodeOf, explainPermission, oneLine, usageError } from "./errors.ts";
 import { formatInfo, info } from "./info.ts";
@@ -36,7 +36,8 @@ const USAGE = `usage: vfio <command> [options]
 commands:
   list            PCI devices: IDs, class, IOMMU group, driver, VFIO status
   info BDF        a vfio-pci device: regions, IRQs, capabilities, BARs, MSI/MSI-X, IOMMU backend
-  bind BDF        bind to vfio-pci (the previous driver is recorded in /run/vfio-ts/BDF.driver)
+  bind BDF        bind to vfio-pci (the previous driver is recorded in /run/vfio-ts/BDF.driver);
+                  with --user NAME, then give the device's VFIO nodes to that user
   unbind BDF      unbind from vfio-pci and give the device back to its previous driver
   doctor [BDF]    check IOMMU, interrupt remapping, groups, permissions and limits; exit 1 on problems
 
@@ -44,6 +45,7 @@ options:
   --json            machine-readable output, errors included (shapes: cli/README.md)
   --backend NAME    info: auto (default), legacy or iommufd
   --driver NAME     unbind: bind this driver afterwards instead of the recorded one
+  --user NAME       bind: chown the group node (and device cdev) to NAME, for running as NAME
   -h, --help        this help
   -V, --version     the vfio-ts version
 
@@ -56,7 +58,7 @@ type Command = "list" | "info" | "bind" | "unbind" | "doctor";
 const COMMANDS: Record<Command, { min: number; max: number; options: readonly string[] }> = {
   list: { min: 0, max: 0, options: [] },
   info: { min: 1, max: 1, options: ["backend"] },
-  bind: { min: 1, max: 1, options: [] },
+  bind: { min: 1, max: 1, options: ["user"] },
   unbind: { min: 1, max: 1, options: ["driver"] },
   doctor: { min: 0, max: 1, options: [] },
 };
@@ -93,6 +95,7 @@ interface Parsed {
   bdf: string | undefined;
   backend: (typeof BACKENDS)[number];
   driver: string | undefined;
+  user: string | undefined;
 }
 
 /** Checks the command line; everything wrong with it is a usage error (status 2). */
@@ -110,13 +113,21 @@ function parse(values: Record<string, string | boolean | undefined>, positionals
         `argument${spec.max === 1 ? "" : "s"}, got ${args.length}`,
     );
   }
-  for (const option of ["backend", "driver"]) {
+  const owners: Record<string, string> = { backend: "info", driver: "unbind", user: "bind" };
+  for (const option of Object.keys(owners)) {
     if (values[option] !== undefined && !spec.options.includes(option)) {
       throw usageError(
         `option --${option} does not apply to ${command}`,
-        `--${option} is for ${option === "backend" ? "info" : "unbind"}`,
+        `--${option} is for ${owners[option]}`,
       );
     }
+  }
+  const user = values.user as string | undefined;
+  if (user !== undefined && !USER_NAME.test(user)) {
+    throw usageError(
+      `--user ${JSON.stringify(user)} is not a user name`,
+      "give a login name or a numeric user ID",
+    );
   }
   const backend = (values.backend ?? "auto") as string;
   if (!(BACKENDS as readonly string[]).includes(backend)) {
@@ -142,6 +153,7 @@ function parse(values: Record<string, string | boolean | undefined>, positionals
     bdf,
     backend: backend as Parsed["backend"],
     driver: values.driver as string | undefined,
+    user,
   };
 }
 
@@ -182,6 +194,7 @@ export async function main(
         json: { type: "boolean" },
         backend: { type: "string" },
         driver: { type: "string" },
+        user: { type: "string" },
         help: { type: "boolean", short: "h" },
         version: { type: "boolean", short: "V" },
       },
@@ -221,7 +234,7 @@ export async function main(
         print(info(sys, p.bdf!, p.backend), formatInfo);
         return 0;
       case "bind":
-        print(bind(sys, p.bdf!), formatBind);
+        print(bind(sys, p.bdf!, p.user === undefined ? {} : { user: p.user }), formatBind);
         return 0;
       case "unbind":
         print(unbind(sys, p.bdf!, p.driver), formatUnbind);

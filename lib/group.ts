@@ -89,7 +89,7 @@ const groupHints = (sys: Sys, group: number, path: string) => (code: string) => 
     case "EACCES":
     case "EPERM":
       return `no permission on /dev/vfio/${group}: run as root, or give your user the group node ` +
-        `(chown $USER /dev/vfio/${group}, or a udev rule)`;
+        "(as root: `vfio bind BDF --user $USER`, or a udev rule)";
     case "ENOENT":
     case "ENODEV":
       return `no device of IOMMU group ${group} is bound to vfio-pci: bind one with \`vfio bind BDF\``;

@@ -270,6 +270,107 @@ test("cli bind: a probe that leaves the device elsewhere rolls back and removes 
   assert.ok(fake.calls.some((c) => c.op === "unlink" && c.path === statePath(OTHER)));
 });
 
+/** A passwd file for `bind --user`: names resolve through Sys, as every file the CLI reads. */
+const PASSWD =
+  "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n" +
+  "alice:x:1000:1001::/home/alice:/bin/sh\n";
+
+/** withDrivers, plus /etc/passwd and a chown that records each call with the device's driver then. */
+function withOwners(fake: FakeSys, chowns: [string, number, number, string | undefined][]): Sys {
+  fake.files.set("/etc/passwd", PASSWD);
+  const sys = withDrivers(fake);
+  const chown = (path: string, uid: number, gid: number) => {
+    chowns.push([path, uid, gid, fake.device(path === "/dev/vfio/6" ? OTHER : EDU).driver]);
+    return 0;
+  };
+  return new Proxy(sys, { get: (t, k) => (k === "chown" ? chown : Reflect.get(t, k)) });
+}
+
+test("cli bind --user: the group node, and the cdev when there is one, are chowned to the user after binding", async () => {
+  const fake = withEdu();
+  fake.addDevice({ bdf: OTHER, group: 6, driver: "virtio-pci" });
+  const chowns: [string, number, number, string | undefined][] = [];
+  const sys = withOwners(fake, chowns);
+  const b = bind(sys, OTHER, { user: "alice" });
+  assert.equal(b.changed, true);
+  assert.deepEqual(b.user, { name: "alice", uid: 1000, gid: 1001, nodes: ["/dev/vfio/6"] });
+  assert.deepEqual(
+    chowns,
+    [["/dev/vfio/6", 1000, 1001, "vfio-pci"]],
+    "after the probe, to the primary group",
+  );
+  assert.equal(bind(sys, OTHER).user, null, "without --user nothing is chowned");
+  assert.equal(chowns.length, 1);
+
+  // Already bound, on a kernel with device cdevs: both nodes, and nothing else changes.
+  fake.iommufd = true;
+  fake.device(EDU).cdev = "vfio0";
+  chowns.length = 0;
+  const again = bind(sys, EDU, { user: "nobody" });
+  assert.deepEqual([again.changed, again.user?.nodes], [false, ["/dev/vfio/4", "/dev/vfio/devices/vfio0"]]);
+  assert.deepEqual(chowns.map(([p, u, g]) => [p, u, g]), [
+    ["/dev/vfio/4", 65534, 65534],
+    ["/dev/vfio/devices/vfio0", 65534, 65534],
+  ]);
+
+  // A number without a passwd entry is a user ID with the same group ID; --json carries the user.
+  const r = await run(["bind", EDU, "--user", "65533", "--json"], sys);
+  assert.equal(r.status, 0, r.out);
+  assert.deepEqual(JSON.parse(r.out).user, {
+    name: "65533",
+    uid: 65533,
+    gid: 65533,
+    nodes: ["/dev/vfio/4", "/dev/vfio/devices/vfio0"],
+  });
+  assert.equal(JSON.parse((await run(["bind", EDU, "--json"], sys)).out).user, null);
+  const text = await run(["bind", EDU, "--user", "nobody"], sys);
+  assert.equal(text.status, 0, text.err);
+  assert.match(
+    text.out,
+    /^\/dev\/vfio\/4 and \/dev\/vfio\/devices\/vfio0 now belong to nobody \(uid 65534, gid 65534\), until/m,
+  );
+  assert.match(text.out, /^iommufd also needs \/dev\/iommu, which stays root's .*VFIO_TS_BACKEND=legacy\)$/m);
+});
+
+test("cli bind --user: an unknown user, a bad name, or not being root is refused before anything changes", async () => {
+  const fake = withEdu();
+  fake.addDevice({ bdf: OTHER, group: 6, driver: "virtio-pci" });
+  const chowns: [string, number, number, string | undefined][] = [];
+  const sys = withOwners(fake, chowns);
+  assert.throws(
+    () => bind(sys, OTHER, { user: "mallory" }),
+    (e) =>
+      e instanceof CliError && e.code === "ERR_VFIO_UNKNOWN_USER" && e.exitCode === 2 &&
+      e.path === "/etc/passwd" &&
+      /^Cannot hand the device to user mallory: \/etc\/passwd has no such/.test(e.message),
+  );
+  const unknown = await run(["bind", OTHER, "--user", "mallory", "--json"], sys);
+  assert.equal(unknown.status, 2);
+  assert.equal(JSON.parse(unknown.out).error.code, "ERR_VFIO_UNKNOWN_USER");
+  const bad = await run(["bind", OTHER, "--user", "../x"], () => {
+    throw new Error("the backend must not load");
+  });
+  assert.equal(bad.status, 2);
+  assert.match(
+    bad.err,
+    /^vfio bind: --user "\.\.\/x" is not a user name: give a login name or a numeric user ID$/,
+  );
+  const misplaced = await run(["unbind", EDU, "--user", "nobody"], sys);
+  assert.equal(misplaced.status, 2);
+  assert.match(misplaced.err, /option --user does not apply to unbind: --user is for bind$/);
+  fake.uid = 1000;
+  assert.throws(
+    () => bind(sys, EDU, { user: "nobody" }),
+    (e) =>
+      e instanceof CliError && e.code === "ERR_VFIO_NOT_ROOT" &&
+      e.message ===
+        "Cannot give 0000:00:04.0 to user nobody: only root can change who owns its nodes; run it with sudo",
+  );
+  assert.equal(fake.device(OTHER).driver, "virtio-pci");
+  assert.deepEqual(chowns, []);
+  assert.equal(fake.calls.some((c) => c.op === "mkdir" || c.op === "writeText"), false);
+});
+
 test("cli unbind: a process holding the group is named (lib/proc.ts), and nothing changes", async () => {
   const fake = withEdu();
   const sys = withDrivers(fake, {
