@@ -80,7 +80,7 @@ export class GroupNotViableError extends VfioError {
   }
 }
 
-const groupHints = (sys: Sys, group: number, path: string) => (code: string) => {
+const groupHints = (sys: Sys, group: number, path: string, bdf: string | undefined) => (code: string) => {
   switch (code) {
     case "EBUSY": {
       const who = describeHolders(sys, path, "another process (QEMU, another driver), or this one");
@@ -89,7 +89,7 @@ const groupHints = (sys: Sys, group: number, path: string) => (code: string) => 
     case "EACCES":
     case "EPERM":
       return `no permission on /dev/vfio/${group}: run as root, or give your user the group node ` +
-        "(as root: `vfio bind BDF --user $USER`, or a udev rule)";
+        `(as root: \`vfio bind ${bdf ?? "BDF"} --user $USER\`, or a udev rule)`;
     case "ENOENT":
     case "ENODEV":
       return `no device of IOMMU group ${group} is bound to vfio-pci: bind one with \`vfio bind BDF\``;
@@ -149,7 +149,7 @@ export class VfioGroup implements Disposable {
     }
     const bdf = options.device === undefined ? undefined : canonicalPciAddress(options.device);
     const node = groupNode(sys, group, bdf);
-    const fd = openFd(sys, node.path, O_RDWR | O_CLOEXEC, groupHints(sys, group, node.path));
+    const fd = openFd(sys, node.path, O_RDWR | O_CLOEXEC, groupHints(sys, group, node.path, bdf));
     return new VfioGroup(sys, group, fd, node.noiommu);
   }
 

@@ -154,7 +154,7 @@ test("group: EBUSY on open says another user holds the group", () => {
   assert.equal(fake.openFds().length, 1);
 });
 
-test("group: EACCES on /dev/vfio/N says to run as root or chown the node", () => {
+test("group: EACCES on /dev/vfio/N says to run as root or hand the node over with vfio bind --user", () => {
   const fake = withEdu();
   using _ = fake.fail("open", "/dev/vfio/4", "EACCES");
   assert.throws(() => VfioGroup.open(fake, 4), (e: unknown) => {
@@ -163,7 +163,7 @@ test("group: EACCES on /dev/vfio/N says to run as root or chown the node", () =>
       e.message,
       /^Cannot open \/dev\/vfio\/4 \(open: EACCES\): no permission on \/dev\/vfio\/4/,
     );
-    assert.match(e.hint!, /chown \$USER \/dev\/vfio\/4/);
+    assert.match(e.hint!, /vfio bind BDF --user \$USER/);
     return true;
   });
   assert.deepEqual(fake.leaks(), []);
