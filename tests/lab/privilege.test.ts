@@ -74,7 +74,7 @@ for (const mode of ["legacy", "iommufd"] as const) {
           assert.match(
             other.stderr,
             new RegExp(
-              `^edu: Cannot open ${group} \\(open: EACCES\\): no permission on ${group}: run as root, or give your user the group node \\(chown \\$USER ${group}, or a udev rule\\)$`,
+              `^edu: Cannot open ${group} \\(open: EACCES\\): no permission on ${group}: run as root, or give your user the group node \\(as root: \`vfio bind 0000:00:04\\.0 --user \\$USER\`, or a udev rule\\)$`,
               "m",
             ),
           );
