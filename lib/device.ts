@@ -284,7 +284,10 @@ export class VfioDevice implements Disposable {
   }
 
   /**
-   * Resets the device (VFIO_DEVICE_RESET). Interrupt setup is cleared; call {@link VfioIrq.rearm}.
+   * Resets the device (VFIO_DEVICE_RESET). The kernel saves the device's state around the reset and
+   * restores its config space, MSI and MSI-X setup afterwards, and vfio keeps the eventfds attached:
+   * enabled {@link VfioIrq}s keep firing with no re-arm (the lab checks this after a function reset
+   * and after a hot reset, on both backends). The device's own registers are reset.
    *
    * @throws {UnsupportedError} If the device reports no reset method (no ioctl is made).
    * @throws {VfioError} If the reset fails.

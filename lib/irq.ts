@@ -336,7 +336,9 @@ export class VfioIrq implements Disposable {
   }
 
   /**
-   * Re-attaches the eventfds, e.g. after a device reset cleared the interrupt setup.
+   * Attaches the same eventfds again (SET_IRQS DATA_EVENTFD | ACTION_TRIGGER). A reset does not need
+   * it: the kernel keeps the interrupt setup across VFIO_DEVICE_RESET and hot reset. It is for a
+   * driver that itself disabled the index through another path, or that wants to resynchronise.
    */
   rearm(): void {
     this.#efd(0);
