@@ -9,6 +9,8 @@
  * - `mmio.pread.read32` / `write32`: the library's fallback path (`VfioRegion.registers({ path: "pread" })`)
  *   over a file in /dev/shm standing in for the device fd: the same pread/pwrite of 4 bytes, with
  *   tmpfs doing the access instead of a device.
+ * - `ioctl.enotty.floor.*`: the same ioctl straight through the runtime's FFI (bench/_ffi_floor.ts),
+ *   in each parameter style, with no library code: the floor for `sys.ioctlPtr`.
  * - `*.raw`: the same accesses straight through the `RawMmio` accessor, without `Registers` (its
  *   bounds checks and segment lookup), to show where the time goes.
  *
@@ -40,6 +42,7 @@ import {
 } from "../lib/uapi/vfio.ts";
 import { rmSync, writeFileSync } from "node:fs";
 import process from "node:process";
+import { ioctlVariants } from "./_ffi_floor.ts";
 import { emit, log, optionsFromArgs, sink, timeOps } from "./_harness.ts";
 
 const o = optionsFromArgs({ reps: 7, targetMs: 100, warmupMs: 200 });
@@ -64,6 +67,24 @@ const REG = 4; // the register offset every access uses
       sink.value = s;
     }, o),
   });
+  // The runtime's bare FFI call, with no library code: the floor sys.ioctlPtr is measured against.
+  for (const v of await ioctlVariants()) {
+    const call = v.make(fd, VFIO_GROUP_GET_STATUS, status);
+    if (call() !== (v.name.endsWith("errno") ? -25 : -1)) {
+      throw new Error(`Cannot benchmark ${v.name}: unexpected result`);
+    }
+    emit({
+      bench: `ioctl.enotty.floor.${v.name}`,
+      baseline: "ioctl.enotty",
+      unit: "ns",
+      note: v.note,
+      samples: timeOps((n) => {
+        let s = 0;
+        for (let i = 0; i < n; i++) s += call();
+        sink.value = s;
+      }, o),
+    });
+  }
   sys.close(fd);
 }
 

@@ -3,7 +3,8 @@
  * Bun. The C side is bench/lab_baseline.c (edu) and the kernel's nvme driver under fio (NVMe).
  *
  * `--part edu` (0000:00:04.0, legacy container so that the C baseline's ioctls are the same ones):
- * - `ioctl.group_status`: `sys.ioctlPtr(group fd, VFIO_GROUP_GET_STATUS)`;
+ * - `ioctl.group_status`: `sys.ioctlPtr(group fd, VFIO_GROUP_GET_STATUS)`, and
+ *   `ioctl.group_status.floor.*`: the same ioctl straight through the runtime's FFI (bench/_ffi_floor.ts);
  * - `mmio.mmap.*32`: `device.registers(0)` (the mmap fast path), 0x00 ident and 0x04 liveness;
  * - `mmio.pread.*32`: `device.registers(0, { path: "pread" })`;
  * - `dma.map_unmap_4k`: `backend.mapDma` + `backend.unmapDma` of one 4 KiB page, pairs/s;
@@ -51,6 +52,7 @@ import {
   VFIO_PCI_MSI_IRQ_INDEX,
 } from "../lib/uapi/vfio.ts";
 import { NvmeController, PAGE } from "../examples/nvme.ts";
+import { ioctlVariants } from "./_ffi_floor.ts";
 import { argValue, emit, log, optionsFromArgs, percentile, sink, timeOps } from "./_harness.ts";
 import { BenchQueue } from "./nvme_queue.ts";
 
@@ -112,6 +114,27 @@ if (part === "edu") {
       }, o),
     });
   });
+  // The runtime's bare FFI call on the same fd, with no library code: the floor for sys.ioctlPtr.
+  for (const v of await ioctlVariants()) {
+    await section(`ioctl.group_status.floor.${v.name}`, () => {
+      if (!(backend instanceof VfioContainer)) throw new TypeError("expected the legacy container");
+      const status = new Uint8Array(8);
+      new DataView(status.buffer).setUint32(0, 8, true); // argsz
+      const call = v.make([...backend.groups][0]!.fd, VFIO_GROUP_GET_STATUS, status);
+      if (call() !== 0) throw new Error(`Cannot benchmark ${v.name}: VFIO_GROUP_GET_STATUS failed`);
+      emit({
+        bench: `ioctl.group_status.floor.${v.name}`,
+        baseline: "ioctl.group_status",
+        unit: "ns",
+        note: v.note,
+        samples: timeOps((n) => {
+          let s = 0;
+          for (let i = 0; i < n; i++) s += call();
+          sink.value = s;
+        }, o),
+      });
+    });
+  }
 
   for (const path of ["mmap", "pread"] as const) {
     await section(`mmio.${path}`, () => {

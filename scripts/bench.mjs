@@ -209,7 +209,12 @@ async function labBenches() {
 
 const GOALS = [
   // [id pattern, goal, what the baseline is]
-  [/^ioctl\./, { op: "<=", x: 1.2 }, "C ioctl(2)"],
+  [/^ioctl\.[a-z_]+$/, { op: "<=", x: 1.2 }, "C ioctl(2)"],
+  [
+    /^ioctl\.[a-z_]+\.over_floor$/,
+    { op: "<=", x: 1.05 },
+    "the runtime's bare FFI ioctl, errno read (same runtime)",
+  ],
   [/^mmio\.mmap\.(read|write)32$/, { op: "<=", x: 3 }, "C call into a non-inlined volatile accessor (.so)"],
   [/^mmio\.pread\.(read|write)32$/, { op: "<=", x: 3 }, "C pread/pwrite of 4 bytes"],
   // "at most 1.2x C's cost", said of a rate: at least 1/1.2 of C's pairs per second.
@@ -248,6 +253,22 @@ const DESCRIPTIONS = {
   "nvme.randread4k.qd1.queue": "  QD1 on bench/nvme_queue.ts, polled",
   "nvme.randread4k.qd32": "NVMe 4 KiB randread QD32 (bench/nvme_queue.ts, polled)",
 };
+// Rows whose baseline is the same runtime's floor row rather than C: the library's cost over the
+// runtime's own FFI call (bench/_ffi_floor.ts).
+const OVER_FLOOR = {
+  "ioctl.enotty": "ioctl.enotty.floor.buffer_errno",
+  "ioctl.group_status": "ioctl.group_status.floor.buffer_errno",
+};
+Object.assign(DESCRIPTIONS, {
+  "ioctl.enotty.over_floor": "ioctl, /dev/null: sys.ioctlPtr over the bare FFI call",
+  "ioctl.group_status.over_floor": "ioctl, GROUP_GET_STATUS: sys.ioctlPtr over the bare FFI call",
+  "ioctl.enotty.floor.buffer": "  bare FFI ioctl, buffer argument, no errno read",
+  "ioctl.enotty.floor.buffer_errno": "  bare FFI ioctl, buffer argument, errno read",
+  "ioctl.enotty.floor.pointer": "  bare FFI ioctl, pointer made once, no errno read",
+  "ioctl.group_status.floor.buffer": "  bare FFI ioctl, buffer argument, no errno read",
+  "ioctl.group_status.floor.buffer_errno": "  bare FFI ioctl, buffer argument, errno read",
+  "ioctl.group_status.floor.pointer": "  bare FFI ioctl, pointer made once, no errno read",
+});
 const RATE_UNITS = new Set(["pairs/s", "IOPS"]);
 const today = new Date().toISOString().slice(0, 10);
 
@@ -285,11 +306,20 @@ function merge(lines) {
 
 function rows(lines, machines) {
   const all = merge(lines);
+  // The library over its runtime's floor: the same samples, against the same runtime's floor row.
+  for (const e of [...all.values()]) {
+    const floor = OVER_FLOOR[e.bench] && all.get(`${e.where}|${OVER_FLOOR[e.bench]}|${e.side}`);
+    if (!floor || (e.side !== "deno" && e.side !== "bun")) continue;
+    const bench = `${e.bench}.over_floor`;
+    all.set(`${e.where}|${bench}|${e.side}`, { ...e, bench, baseline: floor.bench, baselineSide: e.side });
+  }
   const out = [];
   for (const e of all.values()) {
     if (e.side !== "deno" && e.side !== "bun") continue;
     const baseId = e.baseline ?? e.bench.replace(/\.raw$/, "");
-    const base = all.get(`${e.where}|${baseId}|c`) ?? all.get(`${e.where}|${baseId}|kernel`);
+    const base = e.baselineSide
+      ? all.get(`${e.where}|${baseId}|${e.baselineSide}`)
+      : all.get(`${e.where}|${baseId}|c`) ?? all.get(`${e.where}|${baseId}|kernel`);
     const rate = RATE_UNITS.has(e.unit);
     const best = (v) => (v.length ? (rate ? Math.max(...v) : Math.min(...v)) : undefined);
     const value = e.samples.length ? median(e.samples) : undefined;
@@ -311,7 +341,7 @@ function rows(lines, machines) {
       machine: machines[e.where],
       date: today,
       description: DESCRIPTIONS[e.bench] ?? e.bench,
-      baseline: `${base?.side === "kernel" ? "kernel" : "C"} ${baseId}` +
+      baseline: `${base?.side === "kernel" ? "kernel" : e.baselineSide ? e.baselineSide : "C"} ${baseId}` +
         (goalEntry ? `: ${goalEntry[2]}` : ""),
       best: round(best(e.samples)),
       baseline_best: round(base ? best(base.samples) : undefined),

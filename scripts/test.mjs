@@ -287,7 +287,19 @@ function staticChecks() {
       "deno check (ffi/bun.ts against bun-types)",
       () =>
         withBunTypes((cfg) =>
-          deno("check", "--config", cfg, "mod.ts", "ffi/", "lib/", "cli/", "examples/", "tests/", "scripts/")
+          deno(
+            "check",
+            "--config",
+            cfg,
+            "mod.ts",
+            "ffi/",
+            "lib/",
+            "cli/",
+            "examples/",
+            "tests/",
+            "scripts/",
+            "bench/",
+          )
         ),
     ],
     [
