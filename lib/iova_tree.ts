@@ -1,0 +1,169 @@
+/**
+ * The live DMA mappings of one address space as an ordered set of disjoint intervals, so that the
+ * checks made on every map (does the new range overlap one?) cost O(log n) instead of a scan: the
+ * DMA map path must stay flat with 60,000 live mappings (vfio_iommu_type1's default limit is 65,535).
+ *
+ * Keys are page numbers of 4 KiB pages, kept as numbers: every mapping is aligned to at least the
+ * CPU page, and a 64-bit IOVA divided by 4096 fits a double exactly, so comparisons never touch
+ * bigints. The set is a list of sorted chunks (at most {@link CHUNK} entries each): a lookup is two
+ * binary searches, an insert or delete moves at most one chunk's entries.
+ *
+ * @module
+ */
+
+const PAGE_SHIFT = 12n;
+const PAGE = 4096;
+const CHUNK = 256;
+
+/** A page-aligned IOVA as a page number: exact for every 64-bit IOVA. */
+const pageOf = (iova: bigint): number => Number(iova >> PAGE_SHIFT);
+
+interface Chunk {
+  /** First page of each interval, ascending. */
+  starts: number[];
+  /** Last page of each interval (inclusive), parallel to `starts`. */
+  lasts: number[];
+  /** Each interval's IOVA and size, parallel to `starts`. */
+  iovas: bigint[];
+  sizes: number[];
+}
+
+/** An ordered set of disjoint IOVA intervals, each with its size in bytes. */
+export class IovaIntervals {
+  #chunks: Chunk[] = [];
+  #size = 0;
+
+  /** How many intervals the set holds. */
+  get size(): number {
+    return this.#size;
+  }
+
+  // The chunk whose range may hold `page`: the last chunk starting at or before it (or the first).
+  #chunkFor(page: number): number {
+    const c = this.#chunks;
+    let lo = 0, hi = c.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (c[mid]!.starts[0]! <= page) lo = mid;
+      else hi = mid - 1;
+    }
+    return lo;
+  }
+
+  // Index of the last interval in `chunk` starting at or before `page`, or -1.
+  static #floor(chunk: Chunk, page: number): number {
+    const s = chunk.starts;
+    let lo = 0, hi = s.length - 1, found = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (s[mid]! <= page) (found = mid, lo = mid + 1);
+      else hi = mid - 1;
+    }
+    return found;
+  }
+
+  /**
+   * An interval overlapping `[iova, iova + size)`, if any.
+   *
+   * @param iova The range's start, 4 KiB-aligned.
+   * @param size Its size in bytes, a positive multiple of 4 KiB.
+   * @returns The overlapping interval's IOVA and size, or undefined.
+   */
+  overlapping(iova: bigint, size: number): { iova: bigint; size: number } | undefined {
+    if (this.#size === 0) return undefined;
+    const first = pageOf(iova), last = first + size / PAGE - 1;
+    // The interval starting at or before `last` with the greatest start: if any interval overlaps,
+    // this one does, since intervals are disjoint and sorted.
+    let ci = this.#chunkFor(last);
+    let chunk = this.#chunks[ci]!;
+    let i = IovaIntervals.#floor(chunk, last);
+    if (i < 0) {
+      if (ci === 0) return undefined;
+      chunk = this.#chunks[--ci]!;
+      i = chunk.starts.length - 1;
+    }
+    return chunk.lasts[i]! >= first ? { iova: chunk.iovas[i]!, size: chunk.sizes[i]! } : undefined;
+  }
+
+  /**
+   * The size of the interval that starts exactly at `iova`.
+   *
+   * @param iova The start.
+   * @returns Its size, or undefined.
+   */
+  get(iova: bigint): number | undefined {
+    if (this.#size === 0) return undefined;
+    const page = pageOf(iova);
+    const chunk = this.#chunks[this.#chunkFor(page)]!;
+    const i = IovaIntervals.#floor(chunk, page);
+    return i >= 0 && chunk.starts[i] === page ? chunk.sizes[i] : undefined;
+  }
+
+  /**
+   * Adds an interval; the caller has checked it overlaps none ({@link overlapping}).
+   *
+   * @param iova The start, 4 KiB-aligned.
+   * @param size The size in bytes, a positive multiple of 4 KiB.
+   */
+  add(iova: bigint, size: number): void {
+    const first = pageOf(iova), last = first + size / PAGE - 1;
+    if (this.#chunks.length === 0) {
+      this.#chunks.push({ starts: [first], lasts: [last], iovas: [iova], sizes: [size] });
+      this.#size = 1;
+      return;
+    }
+    const ci = this.#chunkFor(first);
+    const chunk = this.#chunks[ci]!;
+    const at = IovaIntervals.#floor(chunk, first) + 1;
+    chunk.starts.splice(at, 0, first);
+    chunk.lasts.splice(at, 0, last);
+    chunk.iovas.splice(at, 0, iova);
+    chunk.sizes.splice(at, 0, size);
+    this.#size++;
+    if (chunk.starts.length > 2 * CHUNK) {
+      // Split in halves so that inserts keep moving at most CHUNK entries.
+      const half = chunk.starts.length >> 1;
+      this.#chunks.splice(ci + 1, 0, {
+        starts: chunk.starts.splice(half),
+        lasts: chunk.lasts.splice(half),
+        iovas: chunk.iovas.splice(half),
+        sizes: chunk.sizes.splice(half),
+      });
+    }
+  }
+
+  /**
+   * Removes the interval that starts exactly at `iova`.
+   *
+   * @param iova The start.
+   * @returns Whether there was one.
+   */
+  delete(iova: bigint): boolean {
+    if (this.#size === 0) return false;
+    const page = pageOf(iova);
+    const ci = this.#chunkFor(page);
+    const chunk = this.#chunks[ci]!;
+    const i = IovaIntervals.#floor(chunk, page);
+    if (i < 0 || chunk.starts[i] !== page) return false;
+    chunk.starts.splice(i, 1);
+    chunk.lasts.splice(i, 1);
+    chunk.iovas.splice(i, 1);
+    chunk.sizes.splice(i, 1);
+    this.#size--;
+    if (chunk.starts.length === 0) this.#chunks.splice(ci, 1);
+    return true;
+  }
+
+  /** Removes every interval. */
+  clear(): void {
+    this.#chunks = [];
+    this.#size = 0;
+  }
+
+  /** The intervals in ascending order, as [IOVA, size] pairs. */
+  *entries(): IterableIterator<[bigint, number]> {
+    for (const c of this.#chunks) {
+      for (let i = 0; i < c.iovas.length; i++) yield [c.iovas[i]!, c.sizes[i]!];
+    }
+  }
+}
