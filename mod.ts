@@ -27,7 +27,16 @@ export { loadSys } from "./ffi/mod.ts";
 export { type BackendChoice, type OpenedDevice, openIommu, type OpenOptions } from "./lib/open.ts";
 
 // IOMMU backends: the legacy container and iommufd, behind one interface
-export type { DmaAccess, IommuBackend, IommuBase, IommuOps, IovaRange } from "./lib/iommu.ts";
+export {
+  type DmaAccess,
+  type IommuBackend,
+  type IommuBase,
+  type IommuOps,
+  type IovaRange,
+  type OpenDeviceOptions,
+  PeerMapping,
+  type PeerRegionOptions,
+} from "./lib/iommu.ts";
 export {
   type ContainerOptions,
   type IommuInfo,
@@ -36,7 +45,7 @@ export {
   VfioContainer,
 } from "./lib/container.ts";
 export { type GroupMember, type GroupOpenOptions, type GroupStatus, VfioGroup } from "./lib/group.ts";
-export { IOMMUFD_PATH, IommufdIoas, type IommufdOptions } from "./lib/iommufd.ts";
+export { IOMMUFD_PATH, IommufdIoas, type IommufdOptions, type MapFileOptions } from "./lib/iommufd.ts";
 
 // Devices, regions, registers, interrupts, configuration space
 export type {
@@ -48,6 +57,7 @@ export type {
   VfioDevice,
 } from "./lib/device.ts";
 export type { RegionInfo, RegionMapping, SparseArea, VfioRegion } from "./lib/region.ts";
+export { DmaBufFd, type DmaBufOptions, type DmaBufRange } from "./lib/dma_buf.ts";
 export type { MmioPath, Registers } from "./lib/mmio.ts";
 export type { IrqInfo, IrqVectorOptions, IrqVectorRange, IrqWaitOptions, VfioIrq } from "./lib/irq.ts";
 export type {
@@ -104,13 +114,17 @@ export * as uapi from "./lib/uapi/mod.ts";
  * Opens a PCI device bound to vfio-pci, with its own IOMMU backend and DMA pool.
  *
  * @param bdf The device's PCI address, e.g. `0000:00:04.0`.
- * @param options Backend choice and the device's DMA limit.
+ * @param options Backend choice, the device's DMA limit, and the VF token of an SR-IOV VF.
  * @returns The device with its IOMMU backend and DMA pool; dispose it to close all of them.
  * @throws {InvalidPciAddressError} If `bdf` is not a PCI address (before anything is opened).
+ * @throws {TypeError} If `options.vfToken` is not a string (before anything is opened).
+ * @throws {RangeError} If `options.vfToken` is not a UUID (before anything is opened).
  * @throws {DeviceNotFoundError} If no PCI device has that address.
  * @throws {VfioUnavailableError} If the machine has no VFIO.
  * @throws {DeviceNotBoundError} If the device is bound to another driver: `vfio bind BDF`.
- * @throws {VfioError} With the errno and the fix, if another step fails.
+ * @throws {UnsupportedError} With a VF token on iommufd, if the kernel cannot bind with one (6.17+).
+ * @throws {VfioError} With the errno and the fix, if another step fails: EACCES when an SR-IOV VF
+ *   needs the VF token of its PF (`{ vfToken }`).
  *
  * @example
  * ```ts
@@ -118,6 +132,14 @@ export * as uapi from "./lib/uapi/mod.ts";
  *
  * using edu = await open("0000:00:04.0", { limit: (1n << 28n) - 1n }); // edu DMA is 28-bit
  * console.log(edu.device.info());
+ * ```
+ *
+ * @example An SR-IOV VF whose PF is on vfio-pci, with the token the PF's user set
+ * ```ts
+ * import { open } from "vfio-ts";
+ *
+ * using vf = await open("0000:00:06.2", { vfToken: "bd8d9d2b-5a5f-4f5a-a211-f591514ba1f3" });
+ * console.log(vf.device.config.read16(0)); // the vendor ID
  * ```
  */
 export async function open(bdf: string, options: OpenOptions = {}): Promise<OpenedDevice> {

@@ -1,6 +1,6 @@
 /**
  * The `vfio` command: list PCI devices with their VFIO status, describe a vfio-pci device, bind and
- * unbind devices, and diagnose the system.
+ * unbind devices, set a PF's SR-IOV VFs, and diagnose the system.
  *
  * ```sh
  * deno run --allow-ffi cli/vfio.ts <command> …   # Deno needs no other permission
@@ -30,6 +30,7 @@ import { doctor, formatDoctor } from "./doctor.ts";
 import { CliError, errorJson, exitCodeOf, explainPermission, oneLine, usageError } from "./errors.ts";
 import { formatInfo, info } from "./info.ts";
 import { formatList, list } from "./list.ts";
+import { formatSriov, sriov } from "./sriov.ts";
 
 const USAGE = `usage: vfio <command> [options]
 
@@ -39,6 +40,7 @@ commands:
   bind BDF        bind to vfio-pci (the previous driver is recorded in /run/vfio-ts/BDF.driver);
                   with --user NAME, then give the device's VFIO nodes to that user
   unbind BDF      unbind from vfio-pci and give the device back to its previous driver
+  sriov BDF N     give an SR-IOV PF N virtual functions (0 removes them) and list them (root)
   doctor [BDF]    check IOMMU, interrupt remapping, groups, permissions and limits; exit 1 on problems
 
 options:
@@ -52,7 +54,7 @@ options:
 BDF is a PCI address such as 0000:00:04.0 or 00:04.0.
 On Deno: deno run --allow-ffi cli/vfio.ts <command> (no other permission is needed).`;
 
-type Command = "list" | "info" | "bind" | "unbind" | "doctor";
+type Command = "list" | "info" | "bind" | "unbind" | "sriov" | "doctor";
 
 /** Each command's argument count and the options it takes besides --json. */
 const COMMANDS: Record<Command, { min: number; max: number; options: readonly string[] }> = {
@@ -60,6 +62,7 @@ const COMMANDS: Record<Command, { min: number; max: number; options: readonly st
   info: { min: 1, max: 1, options: ["backend"] },
   bind: { min: 1, max: 1, options: ["user"] },
   unbind: { min: 1, max: 1, options: ["driver"] },
+  sriov: { min: 2, max: 2, options: [] },
   doctor: { min: 0, max: 1, options: [] },
 };
 const BACKENDS = ["auto", "legacy", "iommufd"] as const;
@@ -96,6 +99,8 @@ interface Parsed {
   backend: (typeof BACKENDS)[number];
   driver: string | undefined;
   user: string | undefined;
+  /** sriov: the VF count. */
+  numVfs: number;
 }
 
 /** Checks the command line; everything wrong with it is a usage error (status 2). */
@@ -136,6 +141,14 @@ function parse(values: Record<string, string | boolean | undefined>, positionals
       `--backend takes ${BACKENDS.slice(0, -1).join(", ")} or ${BACKENDS.at(-1)}`,
     );
   }
+  // sriov's count: what sriov_numvfs takes (a u16).
+  const countArg = command === "sriov" ? args[1]! : "0";
+  if (!/^\d{1,5}$/.test(countArg) || Number(countArg) > 0xffff) {
+    throw usageError(
+      `the VF count ${JSON.stringify(countArg)} is not a number`,
+      "give a whole number of VFs, 0 to remove them all",
+    );
+  }
   // The address is checked here, before anything touches sysfs.
   let bdf: string | undefined;
   try {
@@ -154,6 +167,7 @@ function parse(values: Record<string, string | boolean | undefined>, positionals
     backend: backend as Parsed["backend"],
     driver: values.driver as string | undefined,
     user,
+    numVfs: Number(countArg),
   };
 }
 
@@ -238,6 +252,9 @@ export async function main(
         return 0;
       case "unbind":
         print(unbind(sys, p.bdf!, p.driver), formatUnbind);
+        return 0;
+      case "sriov":
+        print(sriov(sys, p.bdf!, p.numVfs), formatSriov);
         return 0;
       case "doctor": {
         const result = doctor(sys, p.bdf);

@@ -8,7 +8,14 @@ import { UnsupportedError, VfioUnavailableError } from "./errors.ts";
 import { openFd, type OwnedFd } from "./fd.ts";
 import type { VfioDevice } from "./device.ts";
 import { VfioGroup } from "./group.ts";
-import { type DmaAccess, interruptRemappingHint, IommuBase, type IommuOps, type IovaRange } from "./iommu.ts";
+import {
+  type DmaAccess,
+  interruptRemappingHint,
+  IommuBase,
+  type IommuOps,
+  type IovaRange,
+  type OpenDeviceOptions,
+} from "./iommu.ts";
 import { memlockHint } from "./limits.ts";
 import type { Sys } from "./sys.ts";
 import { iommuGroupOf } from "./sysfs.ts";
@@ -145,7 +152,20 @@ export class VfioContainer extends IommuBase {
     unmap: (iova, size) => this.#unmap(iova, size),
     unmapAll: () => this.#unmapAll(),
     iovaRanges: () => this.#iovaRanges(),
-    openDevice: (bdf) => this.#openDevice(bdf),
+    openDevice: (bdf, options) => this.#openDevice(bdf, options),
+    mapPeer: (device, index, offset, length, iova, access) =>
+      this.#mapPeer(device, index, offset, length, iova, access),
+    physicalAddress: () => {
+      // The IOMMU type is type1 here (a legacy no-IOMMU container maps nothing), so never reached
+      // through IommuBase.busAddress; stated for completeness.
+      throw new UnsupportedError({
+        op: "busAddress",
+        path: this.path,
+        action: "get a physical address",
+        hint:
+          "the legacy container has no physical-address lookup: use iommufd (Linux 7.3+) in no-IOMMU mode",
+      });
+    },
     alive: () => this.#alive(),
     release: () => this.#release(),
   };
@@ -419,7 +439,28 @@ export class VfioContainer extends IommuBase {
     super.mapDma(vaddr, iova, size, access);
   }
 
-  #openDevice(bdf: string): VfioDevice {
+  // type1 pins device memory too (vaddr_get_pfns follows VM_PFNMAP), so a peer's BAR is mapped
+  // through its mmap.
+  #mapPeer(
+    device: VfioDevice,
+    index: number,
+    offset: number,
+    length: number,
+    iova: bigint,
+    access: Required<DmaAccess>,
+  ): () => void {
+    const region = device.region(index);
+    const m = region.map(offset, length);
+    try {
+      this.#map(m.address, iova, length, access);
+    } catch (e) {
+      region.unmap(m);
+      throw e;
+    }
+    return () => region.unmap(m);
+  }
+
+  #openDevice(bdf: string, options: OpenDeviceOptions): VfioDevice {
     const number = iommuGroupOf(this.#sys, bdf);
     const own = this.#ownGroups.get(number);
     if (own?.closed) this.#ownGroups.delete(number);
@@ -433,7 +474,7 @@ export class VfioContainer extends IommuBase {
       group.setContainer(this);
       this.setIommu();
       if (opened) this.#ownGroups.set(number, group);
-      return group.getDevice(bdf);
+      return group.getDevice(bdf, options);
     } catch (e) {
       if (opened) group.close();
       throw e;

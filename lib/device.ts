@@ -3,6 +3,7 @@
  *
  * @module
  */
+import { checkDmaBufRanges, type DmaBufFd, type DmaBufOptions, exportDmaBuf } from "./dma_buf.ts";
 import { runAll, UnsupportedError, VfioError } from "./errors.ts";
 import type { OwnedFd } from "./fd.ts";
 import { type IrqInfo, readIrqInfo, VfioIrq } from "./irq.ts";
@@ -10,10 +11,13 @@ import type { Registers } from "./mmio.ts";
 import { PciConfig } from "./pci.ts";
 import { readRegionInfo, type RegionInfo, VfioRegion } from "./region.ts";
 import type { Sys } from "./sys.ts";
+import { canonicalVfToken, vfTokenBytes } from "./vf_token.ts";
 import {
   VFIO_DEVICE_FEATURE,
   vfio_device_feature,
+  VFIO_DEVICE_FEATURE_PCI_VF_TOKEN,
   VFIO_DEVICE_FEATURE_PROBE,
+  VFIO_DEVICE_FEATURE_SET,
   VFIO_DEVICE_FLAGS_PCI,
   VFIO_DEVICE_FLAGS_RESET,
   VFIO_DEVICE_GET_INFO,
@@ -88,7 +92,7 @@ const INTERRUPT_TYPES: Record<number, string> = {
   [VFIO_PCI_MSIX_IRQ_INDEX]: "MSI-X",
 };
 
-let registerCloseHook: (device: VfioDevice, fn: () => void) => void;
+let registerCloseHook: (device: VfioDevice, fn: () => void) => () => void;
 
 /**
  * Registers teardown to run after a device's fd closes (its owners use it to forget the device).
@@ -96,9 +100,10 @@ let registerCloseHook: (device: VfioDevice, fn: () => void) => void;
  *
  * @param device The device.
  * @param fn The teardown.
+ * @returns A function that unregisters it (for something that goes before the device does).
  */
-export function onDeviceClose(device: VfioDevice, fn: () => void): void {
-  registerCloseHook(device, fn);
+export function onDeviceClose(device: VfioDevice, fn: () => void): () => void {
+  return registerCloseHook(device, fn);
 }
 
 /**
@@ -127,8 +132,16 @@ export class VfioDevice implements Disposable {
   #config: PciConfig | undefined;
   readonly #hotResetGroupFds: () => number[];
 
+  readonly #dmaBufs = new Set<DmaBufFd>();
+
   static {
-    registerCloseHook = (device, fn) => device.#onClose.push(fn);
+    registerCloseHook = (device, fn) => {
+      device.#onClose.push(fn);
+      return () => {
+        const i = device.#onClose.indexOf(fn);
+        if (i >= 0) device.#onClose.splice(i, 1);
+      };
+    };
   }
 
   /**
@@ -396,13 +409,102 @@ export class VfioDevice implements Disposable {
     }
   }
 
-  /** Closes interrupts, register mappings and the fd, in that order. Idempotent. */
+  /**
+   * Sets the VF token of an SR-IOV physical function (VFIO_DEVICE_FEATURE SET | PCI_VF_TOKEN): the
+   * UUID that users of its VFs must then present to open them (`open(vf, { vfToken })`, or
+   * `backend.openDevice(vf, { vfToken })`). vfio-pci starts every PF with a random token, so a VF
+   * cannot be opened until the PF's user has shared one. The kernel refuses to read it back.
+   *
+   * @param uuid The token, a UUID such as `"bd8d9d2b-5a5f-4f5a-a211-f591514ba1f3"`.
+   * @throws {TypeError} If `uuid` is not a string (before any syscall).
+   * @throws {RangeError} If it is not a UUID (before any syscall).
+   * @throws {UnsupportedError} If the device keeps no VF token: it is not an SR-IOV PF (ENOTTY).
+   * @throws {VfioError} If the kernel refuses otherwise.
+   *
+   * @example Share a token with the users of the PF's VFs
+   * ```ts
+   * import { open } from "vfio-ts";
+   *
+   * const token = crypto.randomUUID();
+   * using pf = await open("0000:00:06.0");
+   * pf.device.setVfToken(token);
+   * using vf = await open("0000:00:06.2", { vfToken: token });
+   * console.log(vf.device.info());
+   * ```
+   */
+  setVfToken(uuid: string): void {
+    const action = `set the VF token of ${this.name}`;
+    const bytes = vfTokenBytes(canonicalVfToken(uuid, action));
+    const s = vfio_device_feature.alloc(bytes.length);
+    s.set("flags", VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PCI_VF_TOKEN);
+    s.bytes.set(bytes, vfio_device_feature.size);
+    try {
+      this.#fd.ioctl(VFIO_DEVICE_FEATURE, s.bytes, "VFIO_DEVICE_FEATURE", action);
+    } catch (e) {
+      if (!(e instanceof VfioError) || e.code !== "ENOTTY") throw e;
+      // vfio_pci_core_feature_token: only an SR-IOV PF has a token (vdev->vf_token).
+      throw new UnsupportedError({
+        op: "VFIO_DEVICE_FEATURE",
+        errno: e.errno,
+        path: this.#fd.path,
+        action,
+        hint: `${this.name} keeps no VF token: it is not an SR-IOV physical function ` +
+          "(sriov_totalvfs is missing in sysfs), or the kernel predates VF tokens (Linux 5.7)",
+      });
+    }
+  }
+
+  /**
+   * Exports ranges of a BAR as a DMA-BUF (VFIO_DEVICE_FEATURE GET | DMA_BUF, Linux 6.19+): an fd
+   * that stands for the device memory, for peer-to-peer DMA by another device
+   * ({@link IommufdIoas.mapFile}, or {@link IommuBackend.mapPeerRegion}, which does this for you).
+   * The device closes the DMA-BUF when it closes; the kernel revokes it when the device is closed
+   * or reset.
+   *
+   * @param regionIndex The BAR's region index (0-5).
+   * @param options The page-aligned slices of the BAR to export (default: all of it).
+   * @returns The DMA-BUF, open read-write and close-on-exec.
+   * @throws {RangeError} If the region is not an implemented BAR, or a range is not page-aligned
+   *   inside it (before the export).
+   * @throws {UnsupportedError} If the kernel cannot export DMA-BUFs (before Linux 6.19, without
+   *   CONFIG_VFIO_PCI_DMABUF, or a driver that exports nothing): ENOTTY, EOPNOTSUPP or EINVAL.
+   * @throws {VfioError} If the kernel refuses otherwise.
+   *
+   * @example
+   * ```ts
+   * import { open } from "vfio-ts";
+   *
+   * using edu = await open("0000:00:04.0");
+   * using bar0 = edu.device.exportDmaBuf(0, { ranges: [{ offset: 0, length: 4096 }] });
+   * console.log(bar0.fd, bar0.size); // 4096
+   * ```
+   */
+  exportDmaBuf(regionIndex: number, options: DmaBufOptions = {}): DmaBufFd {
+    const n = this.info().numRegions;
+    const size = Number.isInteger(regionIndex) && regionIndex >= 0 && regionIndex < n
+      ? this.region(regionIndex).info.size
+      : 0;
+    const ranges = checkDmaBufRanges(
+      `region ${regionIndex} of ${this.name}`,
+      regionIndex,
+      size,
+      this.sys.pageSize,
+      options.ranges,
+    );
+    const buf = exportDmaBuf(this.sys, this.#fd, this.name, regionIndex, ranges);
+    for (const b of this.#dmaBufs) if (b.closed) this.#dmaBufs.delete(b);
+    this.#dmaBufs.add(buf);
+    return buf;
+  }
+
+  /** Closes interrupts, register mappings, DMA-BUFs and the fd, in that order. Idempotent. */
   close(): void {
     if (this.#fd.closed) return;
     // An IRQ that cannot be disabled must not leave the BARs mapped and the device open.
     runAll(this.name, [
       ...[...this.#irqs].reverse().map((irq) => () => irq.close()),
       ...[...this.#regions.values()].map((r) => () => r.closeAll()),
+      ...[...this.#dmaBufs].map((b) => () => b.close()),
       () => this.#fd.close(),
       ...this.#onClose.splice(0),
     ]);

@@ -59,7 +59,11 @@ export class DmaBuffer implements Disposable {
    * @param volatile Single-access loads and stores into it.
    */
   constructor(
-    /** The device-visible address. */
+    /**
+     * The address the device must use: the IOVA the IOMMU maps, or in iommufd no-IOMMU mode (kind
+     * `"iommufd-noiommu"`) the buffer's physical address (IOMMU_IOAS_NOIOMMU_GET_PA), for which the
+     * pool allocates at most one page, or one hugepage, per buffer.
+     */
     readonly iova: bigint,
     /** The process address. */
     readonly vaddr: bigint,
@@ -260,6 +264,17 @@ export class DmaPool implements Disposable {
     if ((options.read ?? true) === false && (options.write ?? true) === false) {
       throw new RangeError("Cannot allocate DMA memory with no device access: allow read, write or both");
     }
+    if (!this.backend.translates && size > (huge ?? this.sys.pageSize)) {
+      // No IOMMU: the device uses physical addresses, and only a page (or one hugepage) is
+      // physically contiguous, so a larger buffer could not be given one address.
+      throw new RangeError(
+        `Cannot allocate ${size} bytes of DMA memory in no-IOMMU mode: the device uses physical addresses, ` +
+          `and only one ${
+            huge === undefined ? `page (${this.sys.pageSize} bytes)` : `hugepage (${huge} bytes)`
+          } ` +
+          "is physically contiguous; allocate page-sized buffers, or pass { hugepageSize } at least as large",
+      );
+    }
     this.#syncRanges();
     const unit = BigInt(Math.max(huge ?? this.sys.pageSize, this.backend.iommuPageSize));
     const length = Number(alignUp(BigInt(size), unit));
@@ -272,11 +287,21 @@ export class DmaPool implements Disposable {
     const flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE |
       (huge ? MAP_HUGETLB | (Math.log2(huge) << MAP_HUGE_SHIFT) : 0);
     const vaddr = this.#mapMemory(length, Number(unit), flags, huge);
+    let bus: bigint;
     try {
       this.backend.mapDma(vaddr, iova, length, options);
     } catch (e) {
       this.#allocator.free(iova, length);
       this.sys.munmap(vaddr, length);
+      throw e;
+    }
+    try {
+      bus = this.#busAddress(iova, length);
+    } catch (e) {
+      runAll("DMA memory", [() => this.backend.unmapDma(iova, length), () => {
+        this.#allocator.free(iova, length);
+        check(this.sys.munmap(vaddr, length), { op: "munmap", action: "free DMA memory" });
+      }]);
       throw e;
     }
     const at = iova;
@@ -294,7 +319,7 @@ export class DmaPool implements Disposable {
       this.#allocator.free(at, length);
       check(this.sys.munmap(vaddr, length), { op: "munmap", action: "free DMA memory" });
     };
-    const buf: DmaBuffer = new DmaBuffer(at, vaddr, length, memory, () => {
+    const buf: DmaBuffer = new DmaBuffer(bus, vaddr, length, memory, () => {
       this.#buffers.delete(buf);
       // The mapping is gone already when the backend closed or its last group left.
       if (!this.backend.closed && this.backend.mappings.get(at) === length) {
@@ -311,6 +336,24 @@ export class DmaPool implements Disposable {
     }, volatile);
     this.#buffers.add(buf);
     return buf;
+  }
+
+  // What the device is given: the IOVA, or without an IOMMU the physical address, which must then
+  // lie below the device's limit as the IOVA would have had to.
+  #busAddress(iova: bigint, length: number): bigint {
+    if (this.backend.translates) return iova;
+    const bus = this.backend.busAddress(iova, length);
+    const limit = this.options.limit;
+    if (limit !== undefined && bus + BigInt(length) - 1n > limit) {
+      throw new RangeError(
+        `Cannot use DMA memory at physical address 0x${bus.toString(16)}: it ends above the device's limit ` +
+          `0x${
+            limit.toString(16)
+          }, and no-IOMMU mode cannot move it; give the machine less memory, or use an ` +
+          "IOMMU",
+      );
+    }
+    return bus;
   }
 
   // Anonymous memory aligned to `align`, as type1 wants the process address aligned to the IOMMU

@@ -6,6 +6,7 @@
 import { VfioError } from "./errors.ts";
 import { openFd, OwnedFd } from "./fd.ts";
 import { canonicalPciAddress } from "./pci_address.ts";
+import { canonicalVfToken, vfTokenHint, vfTokenMisuseHint } from "./vf_token.ts";
 import type { Sys } from "./sys.ts";
 import { driverOf, groupDevices, groupNode, iommuGroupOf } from "./sysfs.ts";
 import { O_CLOEXEC, O_RDWR } from "./uapi/libc.ts";
@@ -21,6 +22,7 @@ import {
 import { onDeviceClose, VfioDevice } from "./device.ts";
 import { groupAttached, groupDetached, type VfioContainer } from "./container.ts";
 import { describeHolders } from "./proc.ts";
+import type { OpenDeviceOptions } from "./iommu.ts";
 
 /** A device in a group that keeps the group from being viable. */
 export interface GroupMember {
@@ -269,18 +271,29 @@ export class VfioGroup implements Disposable {
    * Gets a device from the group (VFIO_GROUP_GET_DEVICE_FD).
    *
    * @param bdf The device's PCI address.
+   * @param options The VF token, for an SR-IOV VF (or PF) whose PF is on vfio-pci.
    * @returns The device; closing the group does not close it.
-   * @throws {VfioError} If the group has no container or IOMMU yet, or the device is not in it.
+   * @throws {TypeError} If `options.vfToken` is not a string (before any syscall).
+   * @throws {RangeError} If `options.vfToken` is not a UUID (before any syscall).
+   * @throws {VfioError} If the group has no container or IOMMU yet, the device is not in it, or the
+   *   VF token is missing or wrong (EACCES, with a hint naming `vfToken`).
    */
-  getDevice(bdf: string): VfioDevice {
+  getDevice(bdf: string, options: OpenDeviceOptions = {}): VfioDevice {
     const name = canonicalPciAddress(bdf);
-    const arg = new TextEncoder().encode(name + "\0");
+    const action = `get device ${name} from group ${this.group}`;
+    const token = options.vfToken === undefined ? undefined : canonicalVfToken(options.vfToken, action);
+    // vfio_pci_core_match: the name, then options separated by spaces; vf_token= is the only one.
+    const arg = new TextEncoder().encode(`${name}${token === undefined ? "" : ` vf_token=${token}`}\0`);
     const fd = this.#fd.ioctl(
       VFIO_GROUP_GET_DEVICE_FD,
       arg,
       "VFIO_GROUP_GET_DEVICE_FD",
-      `get device ${name} from group ${this.group}`,
+      action,
       (code) => {
+        if (code === "EACCES") return vfTokenHint(this.#sys, name, token);
+        if (code === "EINVAL" && token !== undefined && (this.#container?.kind ?? "unset") !== "unset") {
+          return vfTokenMisuseHint(this.#sys, name);
+        }
         if (code === "EINVAL") return "attach the group to a container and set its IOMMU type first";
         if (code === "ENODEV") {
           const d = driverOf(this.#sys, name);

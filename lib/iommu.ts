@@ -4,8 +4,10 @@
  *
  * @module
  */
-import { onDeviceClose, type VfioDevice } from "./device.ts";
-import { runAll } from "./errors.ts";
+import { onDeviceClose, VfioDevice } from "./device.ts";
+import { runAll, UnsupportedError } from "./errors.ts";
+import { VFIO_PCI_BAR5_REGION_INDEX } from "./uapi/vfio.ts";
+import { canonicalVfToken } from "./vf_token.ts";
 
 /** An inclusive IOVA range `[start, last]` that the IOMMU can map. */
 export interface IovaRange {
@@ -23,6 +25,94 @@ export interface DmaAccess {
   write?: boolean;
 }
 
+/** Options for {@link IommuBackend.openDevice}. */
+export interface OpenDeviceOptions {
+  /**
+   * The VF token, a UUID: needed to open an SR-IOV VF whose PF is bound to vfio-pci (the token the
+   * PF's user set with {@link VfioDevice.setVfToken}), and a PF whose VFs are in use. The legacy
+   * backend passes it as `"BDF vf_token=UUID"` to VFIO_GROUP_GET_DEVICE_FD; iommufd binds with
+   * VFIO_DEVICE_BIND_FLAG_TOKEN (Linux 6.17+). A device that is neither refuses it (EINVAL).
+   */
+  vfToken?: string;
+}
+
+/** Options for {@link IommuBackend.mapPeerRegion}: which part of the region, and the access. */
+export interface PeerRegionOptions extends DmaAccess {
+  /** Where the mapping starts in the region, in bytes: a multiple of the page size (default 0). */
+  offset?: number;
+  /** How many bytes to map: a positive multiple of the page size (default: to the region's end). */
+  length?: number;
+}
+
+/**
+ * A peer device's BAR mapped into an IOMMU address space, made by
+ * {@link IommuBackend.mapPeerRegion}: devices in the address space reach the peer's registers or
+ * memory at {@link iova}. Closing it unmaps the IOVA and releases what backs it (the BAR's mmap, or
+ * the DMA-BUF); it closes by itself when the backend or the peer device closes.
+ *
+ * @example
+ * ```ts
+ * import { loadSys, openIommu } from "vfio-ts";
+ *
+ * using backend = openIommu(await loadSys());
+ * const a = backend.openDevice("0000:00:04.0");
+ * const b = backend.openDevice("0000:00:06.0");
+ * using peer = backend.mapPeerRegion(b, 0, 0x8000000n, { length: 4096 });
+ * a.registers(0).write64(0x80, peer.iova); // edu A's DMA source: edu B's BAR0
+ * ```
+ */
+export class PeerMapping implements Disposable {
+  #release: (() => void) | undefined;
+
+  /**
+   * Wraps a mapping the backend made.
+   *
+   * @param iova Where devices reach the region.
+   * @param size Its size in bytes.
+   * @param device The peer device.
+   * @param regionIndex The peer's region (BAR) index.
+   * @param offset Where the mapping starts in the region.
+   * @param release Unmaps the IOVA and releases the backing.
+   */
+  constructor(
+    /** Where devices in the address space reach the peer's region. */
+    readonly iova: bigint,
+    /** The size of the mapping in bytes. */
+    readonly size: number,
+    /** The peer device whose region is mapped. */
+    readonly device: VfioDevice,
+    /** The region (BAR) index. */
+    readonly regionIndex: number,
+    /** Where the mapping starts in the region. */
+    readonly offset: number,
+    release: () => void,
+  ) {
+    this.#release = release;
+  }
+
+  /** Whether {@link close} has run. */
+  get closed(): boolean {
+    return this.#release === undefined;
+  }
+
+  /**
+   * Unmaps the IOVA (unless the address space is gone already) and releases the BAR's mmap or the
+   * DMA-BUF. Idempotent.
+   *
+   * @throws {VfioError} If the unmap fails; the backing is released regardless.
+   */
+  close(): void {
+    const release = this.#release;
+    this.#release = undefined;
+    release?.();
+  }
+
+  /** Closes the mapping, as {@link close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
 /**
  * One IOMMU address space with devices attached: a type1 VFIO container, or an iommufd IOAS.
  * Implemented completely by both; a no-IOMMU container throws {@link UnsupportedError} on the DMA
@@ -34,9 +124,18 @@ export interface DmaAccess {
  * Disposing the backend unmaps every mapping it made and closes the devices and groups it opened.
  */
 export interface IommuBackend extends Disposable {
-  /** Which backend this is: `"type1"`, `"type1v2"`, `"noiommu"` or `"iommufd"`. */
+  /**
+   * Which backend this is: `"type1"`, `"type1v2"`, `"noiommu"` (legacy), `"iommufd"`, or
+   * `"iommufd-noiommu"` (an IOAS whose devices have no IOMMU: their cdevs are
+   * /dev/vfio/devices/noiommu-vfioN).
+   */
   readonly kind: string;
-  /** Whether DMA mapping is possible (false in no-IOMMU mode). */
+  /**
+   * Whether the IOMMU translates device addresses. False in no-IOMMU mode, where the device sees
+   * physical addresses: the iommufd backend (kind `"iommufd-noiommu"`, Linux 7.3+) still maps and
+   * pins memory, and {@link busAddress} gives its physical address; the legacy container (kind
+   * `"noiommu"`) cannot map at all.
+   */
   readonly translates: boolean;
   /** The smallest IOMMU page size in bytes; mappings must be aligned to it. */
   readonly iommuPageSize: number;
@@ -76,9 +175,83 @@ export interface IommuBackend extends Disposable {
    * Opens a PCI device into this address space.
    *
    * @param bdf The device's PCI address.
+   * @param options The VF token, for an SR-IOV VF whose PF is on vfio-pci.
    * @returns The device; the backend closes it when it is itself closed.
+   * @throws {TypeError} If `options.vfToken` is not a string (before any syscall).
+   * @throws {RangeError} If `options.vfToken` is not a UUID (before any syscall).
+   * @throws {UnsupportedError} With a token on iommufd, if the kernel cannot bind with one (Linux
+   *   6.17+).
+   * @throws {VfioError} If the device cannot be opened; EACCES for a missing or wrong VF token,
+   *   with a hint naming `vfToken`.
+   *
+   * @example An SR-IOV VF, with the token its PF's user set
+   * ```ts
+   * import { loadSys, openIommu } from "vfio-ts";
+   *
+   * using backend = openIommu(await loadSys());
+   * const vf = backend.openDevice("0000:00:1a.0", { vfToken: "bd8d9d2b-5a5f-4f5a-a211-f591514ba1f3" });
+   * console.log(vf.config.read16(2).toString(16)); // 10ca: an igb VF
+   * ```
    */
-  openDevice(bdf: string): VfioDevice;
+  openDevice(bdf: string, options?: OpenDeviceOptions): VfioDevice;
+  /**
+   * Maps a region (BAR) of a peer device into this address space, for peer-to-peer DMA: devices
+   * here then reach the peer's registers or memory at `iova`. The legacy type1 container maps the
+   * BAR's mmap (VFIO_IOMMU_MAP_DMA takes device memory); iommufd exports the BAR as a DMA-BUF and
+   * maps that (IOMMU_IOAS_MAP_FILE, Linux 6.19+), since it cannot pin a BAR's mmap.
+   *
+   * @param device The peer device (open in this backend or another).
+   * @param regionIndex The peer's BAR index (0-5).
+   * @param iova Where to map it: page-aligned, inside {@link iovaRanges}, clear of other mappings.
+   * @param options The part of the region (page-aligned) and the access (default read and write).
+   * @returns The mapping; close it to unmap. It closes with the backend, and with the peer device.
+   * @throws {RangeError} If the region, range or IOVA is invalid (before anything is mapped).
+   * @throws {UnsupportedError} In no-IOMMU mode, or on iommufd without DMA-BUF export or import.
+   * @throws {VfioError} If the kernel refuses.
+   *
+   * @example edu A reads edu B's ident register by DMA
+   * ```ts
+   * import { loadSys, openIommu } from "vfio-ts";
+   *
+   * using backend = openIommu(await loadSys());
+   * const a = backend.openDevice("0000:00:04.0");
+   * const b = backend.openDevice("0000:00:08.0");
+   * using peer = backend.mapPeerRegion(b, 0, 0x8000000n, { length: 4096, write: false });
+   * a.config.enableBusMaster();
+   * using bar0 = a.registers(0);
+   * bar0.write64(0x80, peer.iova); // DMA source: B's BAR0, offset 0
+   * ```
+   */
+  mapPeerRegion(
+    device: VfioDevice,
+    regionIndex: number,
+    iova: bigint,
+    options?: PeerRegionOptions,
+  ): PeerMapping;
+  /**
+   * The address a device must use for `size` bytes mapped at `iova`: `iova` itself when the IOMMU
+   * translates; in iommufd no-IOMMU mode, the physical address (IOMMU_IOAS_NOIOMMU_GET_PA, Linux
+   * 7.3+, CAP_SYS_RAWIO), which exists only when the range is physically contiguous.
+   *
+   * @param iova Where the range starts; it must lie inside one mapping.
+   * @param size Its length in bytes.
+   * @returns The bus address.
+   * @throws {RangeError} If the range is not inside one mapping, or (no-IOMMU) not physically
+   *   contiguous.
+   * @throws {UnsupportedError} For a legacy no-IOMMU container, which has no mappings to ask about.
+   * @throws {VfioError} If the kernel refuses (EPERM without CAP_SYS_RAWIO).
+   *
+   * @example
+   * ```ts
+   * import { open } from "vfio-ts";
+   *
+   * using edu = await open("0000:00:04.0");
+   * using buf = edu.dma.alloc(4096); // buf.iova is already the bus address
+   * const [iova] = edu.backend.mappings.keys();
+   * console.log(edu.backend.kind, iova, edu.backend.busAddress(iova!, 4096));
+   * ```
+   */
+  busAddress(iova: bigint, size: number): bigint;
   /** Unmaps, closes the devices it opened, and releases the address space. Idempotent. */
   close(): void;
 }
@@ -97,7 +270,21 @@ export interface IommuOps {
   /** The IOVA ranges the kernel reports; may be a cached array, which callers must not modify. */
   iovaRanges(): readonly IovaRange[];
   /** Opens a device into the address space. */
-  openDevice(bdf: string): VfioDevice;
+  openDevice(bdf: string, options: OpenDeviceOptions): VfioDevice;
+  /**
+   * Maps an already checked range of a peer's region at an already checked IOVA; returns what
+   * releases the backing (the base has unmapped the IOVA by then, when it could).
+   */
+  mapPeer(
+    device: VfioDevice,
+    regionIndex: number,
+    offset: number,
+    length: number,
+    iova: bigint,
+    access: Required<DmaAccess>,
+  ): () => void;
+  /** The physical address of a mapped range, in no-IOMMU mode; throws where there is none. */
+  physicalAddress(iova: bigint, size: number): bigint;
   /** Whether the kernel still holds the address space (mappings die with it). */
   alive(): boolean;
   /** Releases the address space and closes the backend's own descriptors. */
@@ -220,6 +407,13 @@ export abstract class IommuBase implements IommuBackend {
           "ranges inside 64 bits",
       );
     }
+    this.#checkPlace(iova, len);
+    this.ops.map(vaddr, iova, size, { read, write });
+    this.#mappings.set(iova, size);
+  }
+
+  // The IOVA range must lie inside the IOMMU's ranges and clear of every mapping.
+  #checkPlace(iova: bigint, len: bigint): void {
     const last = iova + len - 1n;
     const ranges = this.ops.iovaRanges();
     if (!ranges.some((r) => iova >= r.start && last <= r.last)) {
@@ -235,8 +429,126 @@ export abstract class IommuBase implements IommuBackend {
         );
       }
     }
-    this.ops.map(vaddr, iova, size, { read, write });
+  }
+
+  /**
+   * Maps a range whose source is not process memory (a file, a DMA-BUF) with the bookkeeping of
+   * {@link mapDma}: checks the IOVA, size and access, calls `map` with the access, and records the
+   * mapping, which {@link unmapDma} then undoes.
+   *
+   * @param what What is being mapped, for messages, e.g. `"fd 7"`.
+   * @param iova The device address, page-aligned.
+   * @param size Bytes, a positive multiple of {@link iommuPageSize}.
+   * @param access Whether the device may read and/or write; at least one.
+   * @param map Makes the mapping in the kernel.
+   * @throws {RangeError} If an argument is out of range (before `map` runs).
+   */
+  protected mapRange(
+    what: string,
+    iova: bigint,
+    size: number,
+    access: DmaAccess,
+    map: (access: Required<DmaAccess>) => void,
+  ): void {
+    const checked = this.#checkRange(what, iova, size, access);
+    map(checked);
     this.#mappings.set(iova, size);
+  }
+
+  #checkRange(what: string, iova: bigint, size: number, access: DmaAccess): Required<DmaAccess> {
+    this.assertOpen();
+    const read = access.read ?? true, write = access.write ?? true;
+    if (!read && !write) {
+      throw new RangeError(
+        `Cannot map ${what} at iova ${hex(iova)} with no access: allow read, write or both`,
+      );
+    }
+    if (typeof iova !== "bigint" || !Number.isSafeInteger(size)) {
+      throw new TypeError(`Cannot map ${what}: iova must be a bigint and size a safe integer`);
+    }
+    const bad = size <= 0 || iova < 0n || iova + BigInt(size) - 1n > U64_MAX;
+    const page = bad ? 0 : this.iommuPageSize;
+    if (bad || size % page !== 0 || iova % BigInt(page) !== 0n) {
+      throw new RangeError(
+        `Cannot map ${what} at iova ${hex(iova)} (size ${hex(size)}): iova and size must be multiples of ` +
+          `the IOMMU page size${bad ? "" : ` ${hex(page)}`}, size positive, and the range inside 64 bits`,
+      );
+    }
+    this.#checkPlace(iova, BigInt(size));
+    return { read, write };
+  }
+
+  mapPeerRegion(
+    device: VfioDevice,
+    regionIndex: number,
+    iova: bigint,
+    options: PeerRegionOptions = {},
+  ): PeerMapping {
+    this.assertOpen();
+    if (!(device instanceof VfioDevice)) {
+      throw new TypeError("Cannot map a peer region: the device must be a VfioDevice from openDevice()");
+    }
+    const what = `region ${regionIndex} of ${device.name}`;
+    if (!this.translates) {
+      // No ioctl failed: without an IOMMU there is nothing to program, and no bus address to offer.
+      throw new UnsupportedError({
+        op: "mapPeerRegion",
+        path: this.path,
+        action: `map ${what} for peer-to-peer DMA`,
+        hint: "no-IOMMU mode has no IOMMU to map a peer's BAR into; a device there would need the BAR's " +
+          "bus address, which vfio does not report",
+      });
+    }
+    if (!Number.isInteger(regionIndex) || regionIndex < 0 || regionIndex > VFIO_PCI_BAR5_REGION_INDEX) {
+      throw new RangeError(`Cannot map ${what} for peer-to-peer DMA: only BARs (regions 0-5) can be mapped`);
+    }
+    const region = device.region(regionIndex).info;
+    const page = device.sys.pageSize;
+    const offset = options.offset ?? 0;
+    const length = options.length ?? region.size - offset;
+    if (
+      region.size === 0 || !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 ||
+      length <= 0 || offset % page !== 0 || length % page !== 0 || offset + length > region.size
+    ) {
+      throw new RangeError(
+        `Cannot map ${what} at offset ${offset} (length ${length}) for peer-to-peer DMA: the range must be ` +
+          `page-aligned (0x${page.toString(16)}), non-empty and inside the ${region.size}-byte BAR`,
+      );
+    }
+    const access = this.#checkRange(what, iova, length, options);
+    const release = this.ops.mapPeer(device, regionIndex, offset, length, iova, access);
+    this.#mappings.set(iova, length);
+    const unhooks: (() => void)[] = [];
+    const mapping = new PeerMapping(iova, length, device, regionIndex, offset, () => {
+      for (const unhook of unhooks.splice(0)) unhook();
+      runAll(what, [
+        () => {
+          // The mapping is gone already when the address space went, or someone unmapped it.
+          if (this.closed || this.#mappings.get(iova) !== length) return;
+          this.ops.unmap(iova, length);
+          this.#mappings.delete(iova);
+        },
+        release,
+      ]);
+    });
+    unhooks.push(registerCloseHook(this, () => mapping.close(), "first"));
+    unhooks.push(onDeviceClose(device, () => mapping.close()));
+    return mapping;
+  }
+
+  busAddress(iova: bigint, size: number): bigint {
+    this.assertOpen();
+    const end = typeof iova === "bigint" && Number.isSafeInteger(size) && size > 0
+      ? iova + BigInt(size)
+      : -1n;
+    const inside = [...this.#mappings].some(([at, n]) => iova >= at && end <= at + BigInt(n));
+    if (end < 0n || !inside) {
+      throw new RangeError(
+        `Cannot get the bus address of iova ${typeof iova === "bigint" ? hex(iova) : iova} (size ${size}): ` +
+          "the range must be inside one mapping",
+      );
+    }
+    return this.translates ? iova : this.ops.physicalAddress(iova, size);
   }
 
   unmapDma(iova: bigint, size: number): void {
@@ -262,9 +574,11 @@ export abstract class IommuBase implements IommuBackend {
     return this.ops.iovaRanges().map((r) => ({ ...r }));
   }
 
-  openDevice(bdf: string): VfioDevice {
+  openDevice(bdf: string, options: OpenDeviceOptions = {}): VfioDevice {
     this.assertOpen();
-    return this.adopt(this.ops.openDevice(bdf));
+    // A malformed token is misuse, refused before the backend opens anything.
+    if (options.vfToken !== undefined) canonicalVfToken(options.vfToken, `open ${bdf}`);
+    return this.adopt(this.ops.openDevice(bdf, options));
   }
 
   /** Tracks a device opened into this backend, so that it closes with the backend. */

@@ -11,6 +11,7 @@ import { IOMMUFD_PATH, IommufdIoas } from "./iommufd.ts";
 import type { IommuBackend } from "./iommu.ts";
 import type { Sys } from "./sys.ts";
 import { requirePciDevice } from "./sysfs.ts";
+import { canonicalVfToken } from "./vf_token.ts";
 
 /** Which IOMMU backend to use. */
 export type BackendChoice = "auto" | "legacy" | "iommufd";
@@ -25,6 +26,11 @@ export interface OpenOptions extends DmaPoolOptions {
   backend?: BackendChoice;
   /** For the legacy backend: the IOMMU type (see ContainerOptions.iommuType). */
   iommuType?: number;
+  /**
+   * The VF token, a UUID, for {@link open}ing an SR-IOV VF whose PF is bound to vfio-pci (see
+   * OpenDeviceOptions.vfToken); {@link openIommu} ignores it.
+   */
+  vfToken?: string;
 }
 
 /**
@@ -68,11 +74,13 @@ export function chooseBackend(sys: Sys, choice: BackendChoice = "auto"): "legacy
       `Cannot use VFIO backend ${JSON.stringify(requested)}: expected auto, legacy or iommufd`,
     );
   }
-  // As libvfn does: iommufd when the kernel has both /dev/iommu and device cdevs.
+  // As libvfn does: iommufd when the kernel has both /dev/iommu and device cdevs (vfioN, or
+  // noiommu-vfioN for devices without an IOMMU, Linux 7.3+).
   const dev = sys.readDir("/dev");
   const cdevs = sys.readDir("/dev/vfio/devices");
   const hasIommufd = Array.isArray(dev) && dev.includes(IOMMUFD_PATH.slice("/dev/".length));
-  return hasIommufd && Array.isArray(cdevs) && cdevs.length > 0 ? "iommufd" : "legacy";
+  const hasCdevs = Array.isArray(cdevs) && cdevs.some((n) => /^(?:noiommu-)?vfio\d+$/.test(n));
+  return hasIommufd && hasCdevs ? "iommufd" : "legacy";
 }
 
 /** A device opened with its own IOMMU backend and DMA pool, by {@link open}; disposing it releases all three. */
@@ -100,14 +108,18 @@ export interface OpenedDevice extends Disposable {
  * @throws {DeviceNotFoundError} If no PCI device has that address.
  * @throws {VfioUnavailableError} If the machine has no VFIO.
  * @throws {DeviceNotBoundError} If the device is not bound to vfio-pci.
- * @throws {VfioError} With the errno and the fix, if another step fails; nothing stays open then.
+ * @throws {TypeError} If `options.vfToken` is not a string (before anything is opened).
+ * @throws {RangeError} If `options.vfToken` is not a UUID.
+ * @throws {VfioError} With the errno and the fix, if another step fails (EACCES for a missing or
+ *   wrong VF token); nothing stays open then.
  */
 export function openPciDevice(sys: Sys, bdf: string, options: OpenOptions = {}): OpenedDevice {
-  // A malformed address or a missing device is named as such, before any VFIO node is opened.
-  requirePciDevice(sys, bdf);
+  // A malformed address or token, or a missing device, is named as such before any VFIO node opens.
+  const name = requirePciDevice(sys, bdf);
+  if (options.vfToken !== undefined) canonicalVfToken(options.vfToken, `open ${name}`);
   const backend = openIommu(sys, options);
   try {
-    const device = backend.openDevice(bdf);
+    const device = backend.openDevice(bdf, options.vfToken === undefined ? {} : { vfToken: options.vfToken });
     let dma: DmaPool | undefined;
     const limit = options.limit;
     return {

@@ -142,6 +142,24 @@ function safeNumber(value: bigint, what: string): number {
   return Number(value);
 }
 
+// Every live region mmap, by address, so that a DMA map of one can be named for what it is (iommufd
+// cannot pin device memory). Module-wide: the address space is the process's.
+const liveMaps = new Map<bigint, { length: number; name: string }>();
+
+/**
+ * The region whose mmap covers any of `[address, address + length)`, if one does. Internal: the
+ * iommufd backend names it when IOMMU_IOAS_MAP refuses a BAR's mmap.
+ *
+ * @param address A process address.
+ * @param length Bytes from it.
+ * @returns The region's name, e.g. `0000:00:06.0 region 0`, or undefined.
+ */
+export function regionMappingAt(address: bigint, length: number): string | undefined {
+  const end = address + BigInt(length);
+  for (const [at, m] of liveMaps) if (address < at + BigInt(m.length) && at < end) return m.name;
+  return undefined;
+}
+
 /** An mmap'd part of a region. */
 export interface RegionMapping {
   /** Offset of the mapping within the region. */
@@ -316,6 +334,7 @@ export class VfioRegion {
         action: `map ${length} bytes of ${this.name}`,
       });
     }
+    liveMaps.set(address, { length, name: this.name });
     return { offset, length, address };
   }
 
@@ -326,6 +345,7 @@ export class VfioRegion {
    * @throws {VfioError} If munmap(2) fails.
    */
   unmap(m: RegionMapping): void {
+    liveMaps.delete(m.address);
     check(this.#sys.munmap(m.address, m.length), {
       op: "munmap",
       path: this.#fd.path,

@@ -164,18 +164,19 @@ export function groupNode(sys: Sys, group: number, bdf?: string): { path: string
 }
 
 /**
- * The VFIO device cdev of a PCI device (`/dev/vfio/devices/vfioN`), from
- * /sys/bus/pci/devices/BDF/vfio-dev/.
+ * The VFIO device cdev of a PCI device, from /sys/bus/pci/devices/BDF/vfio-dev/:
+ * `/dev/vfio/devices/vfioN`, or `/dev/vfio/devices/noiommu-vfioN` for a device without an IOMMU in
+ * vfio's no-IOMMU mode (Linux 7.3+, CONFIG_IOMMUFD_NOIOMMU), as the legacy group is `noiommu-N`.
  *
  * @param sys The syscall backend.
  * @param bdf The device's PCI address.
  * @returns The cdev path, or undefined when the kernel made none (no CONFIG_VFIO_DEVICE_CDEV, no
- *   IOMMU, or the device is not bound to vfio-pci).
+ *   IOMMU before 7.3, or the device is not bound to vfio-pci).
  */
 export function deviceCdev(sys: Sys, bdf: string): string | undefined {
   const entries = sys.readDir(`${pciDeviceDir(bdf)}/vfio-dev`);
   if (typeof entries === "number") return undefined;
-  const name = entries.find((e) => /^vfio\d+$/.test(e));
+  const name = entries.find((e) => /^(?:noiommu-)?vfio\d+$/.test(e));
   if (name === undefined) return undefined;
   // sysfs lists vfio-dev/vfioN since Linux 6.1 even without CONFIG_VFIO_DEVICE_CDEV: the node decides.
   const nodes = sys.readDir("/dev/vfio/devices");

@@ -1,6 +1,7 @@
 /**
  * include/uapi/linux/iommufd.h: the iommufd ioctls and structs the library uses, under the
- * kernel's names. Taken from Linux 6.12; tests/conformance checks each one against the headers.
+ * kernel's names. Taken from Linux 6.12 and, for what is newer (each says "since Linux X.Y"), from
+ * Linux 7.3; tests/conformance checks each one against the headers that define it.
  *
  * iommufd structs lead with `size` where VFIO's lead with `argsz`; {@link StructDef.alloc} fills
  * either.
@@ -8,7 +9,7 @@
  * @module
  */
 import { _IO } from "./ioctl.ts";
-import { StructDef, type U32, type U64 } from "./struct.ts";
+import { type S32, StructDef, type U32, type U64 } from "./struct.ts";
 
 /** The ioctl type character of every iommufd request, `';'` (shared with VFIO). */
 export const IOMMUFD_TYPE = ";";
@@ -28,6 +29,12 @@ export const IOMMUFD_CMD_IOAS_MAP = 0x85;
 export const IOMMUFD_CMD_IOAS_UNMAP = 0x86;
 /** iommufd command number of IOMMU_OPTION (get or set iommufd or IOAS options). */
 export const IOMMUFD_CMD_OPTION = 0x87;
+/** iommufd command number of IOMMU_IOAS_MAP_FILE. Since Linux 6.13. */
+export const IOMMUFD_CMD_IOAS_MAP_FILE = 0x8f;
+/** iommufd command number of IOMMU_IOAS_CHANGE_PROCESS. Since Linux 6.13. */
+export const IOMMUFD_CMD_IOAS_CHANGE_PROCESS = 0x92;
+/** iommufd command number of IOMMU_IOAS_NOIOMMU_GET_PA. Since Linux 7.3. */
+export const IOMMUFD_CMD_IOAS_NOIOMMU_GET_PA = 0x95;
 
 /** IOMMU_DESTROY: destroys any object held within the iommufd, by ID (struct iommu_destroy). */
 export const IOMMU_DESTROY: number = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_DESTROY);
@@ -41,6 +48,23 @@ export const IOMMU_IOAS_IOVA_RANGES: number = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS
 export const IOMMU_IOAS_MAP: number = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_MAP);
 /** IOMMU_IOAS_UNMAP: unmaps an IOVA range covering whole earlier maps (struct iommu_ioas_unmap). */
 export const IOMMU_IOAS_UNMAP: number = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_UNMAP);
+/**
+ * IOMMU_IOAS_MAP_FILE: maps a range of a memfd (or, from Linux 6.19 on, of a single-range VFIO PCI
+ * DMA-BUF) at an IOVA in an IOAS (struct iommu_ioas_map_file). Since Linux 6.13.
+ */
+export const IOMMU_IOAS_MAP_FILE: number = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_MAP_FILE);
+/**
+ * IOMMU_IOAS_CHANGE_PROCESS: moves the pinned-memory accounting of every IOAS in the iommufd to the
+ * calling process; only IOMMU_IOAS_MAP_FILE mappings may exist (struct iommu_ioas_change_process).
+ * Since Linux 6.13.
+ */
+export const IOMMU_IOAS_CHANGE_PROCESS: number = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_CHANGE_PROCESS);
+/**
+ * IOMMU_IOAS_NOIOMMU_GET_PA: the physical address behind a mapped IOVA of an IOAS whose devices have
+ * no IOMMU, and how many bytes from it are physically contiguous (struct iommu_ioas_noiommu_get_pa).
+ * Needs CAP_SYS_RAWIO. Since Linux 7.3, with CONFIG_IOMMUFD_NOIOMMU.
+ */
+export const IOMMU_IOAS_NOIOMMU_GET_PA: number = _IO(IOMMUFD_TYPE, IOMMUFD_CMD_IOAS_NOIOMMU_GET_PA);
 
 /** struct iommu_destroy: size and the ID of the object to destroy (IOMMU_DESTROY). */
 export const iommu_destroy: StructDef<{ size: U32; id: U32 }> = new StructDef("iommu_destroy", 8, {
@@ -112,3 +136,43 @@ export const iommu_ioas_unmap: StructDef<{ size: U32; ioas_id: U32; iova: U64; l
     length: ["u64", 16],
   },
 );
+/**
+ * struct iommu_ioas_map_file: flags and IOAS ID as for iommu_ioas_map, the file (memfd or DMA-BUF)
+ * fd, the byte offset in it, and the length and IOVA (IOMMU_IOAS_MAP_FILE). Since Linux 6.13.
+ */
+export const iommu_ioas_map_file: StructDef<
+  { size: U32; flags: U32; ioas_id: U32; fd: S32; start: U64; length: U64; iova: U64 }
+> = new StructDef("iommu_ioas_map_file", 40, {
+  size: ["u32", 0],
+  flags: ["u32", 4],
+  ioas_id: ["u32", 8],
+  fd: ["s32", 12],
+  start: ["u64", 16],
+  length: ["u64", 24],
+  iova: ["u64", 32],
+});
+/** struct iommu_ioas_change_process: size and a reserved word (IOMMU_IOAS_CHANGE_PROCESS). Since Linux 6.13. */
+export const iommu_ioas_change_process: StructDef<{ size: U32; __reserved: U32 }> = new StructDef(
+  "iommu_ioas_change_process",
+  8,
+  {
+    size: ["u32", 0],
+    __reserved: ["u32", 4],
+  },
+);
+/**
+ * struct iommu_ioas_noiommu_get_pa: IOAS ID and IOVA to look up; `length` goes in as the most bytes
+ * to report and comes back as the physically contiguous bytes from `out_phys`
+ * (IOMMU_IOAS_NOIOMMU_GET_PA). Since Linux 7.3.
+ */
+export const iommu_ioas_noiommu_get_pa: StructDef<
+  { size: U32; flags: U32; ioas_id: U32; __reserved: U32; iova: U64; length: U64; out_phys: U64 }
+> = new StructDef("iommu_ioas_noiommu_get_pa", 40, {
+  size: ["u32", 0],
+  flags: ["u32", 4],
+  ioas_id: ["u32", 8],
+  __reserved: ["u32", 12],
+  iova: ["u64", 16],
+  length: ["u64", 24],
+  out_phys: ["u64", 32],
+});

@@ -1,7 +1,7 @@
 /**
  * include/uapi/linux/vfio.h: every VFIO constant, ioctl number and struct layout the library uses,
- * under the kernel's names. Taken from Linux 6.12; tests/conformance checks each one against the
- * headers.
+ * under the kernel's names. Taken from Linux 6.12 and, for what is newer (each says "since Linux
+ * X.Y"), from Linux 7.3; tests/conformance checks each one against the headers that define it.
  *
  * @module
  */
@@ -22,7 +22,10 @@ export const VFIO_TYPE1v2_IOMMU = 3;
 export const VFIO_DMA_CC_IOMMU = 4;
 /** Extension: POWER EEH (Enhanced Error Handling) is supported. */
 export const VFIO_EEH = 5;
-/** Extension and IOMMU type: two-stage (nesting) type1 IOMMU; implies v2. */
+/**
+ * Extension and IOMMU type: two-stage (nesting) type1 IOMMU; implies v2. The kernel dropped it (newer
+ * headers keep the number as __VFIO_RESERVED_TYPE1_NESTING_IOMMU, and no kernel accepts it now).
+ */
 export const VFIO_TYPE1_NESTING_IOMMU = 6;
 /** Extension and IOMMU type: the sPAPR TCE v2 IOMMU backend. */
 export const VFIO_SPAPR_TCE_v2_IOMMU = 7;
@@ -314,7 +317,10 @@ export const VFIO_DEVICE_FEATURE_GET = 1 << 16;
 export const VFIO_DEVICE_FEATURE_SET = 1 << 17;
 /** vfio_device_feature flag: probe for support of the feature with the GET/SET flags given. */
 export const VFIO_DEVICE_FEATURE_PROBE = 1 << 18;
-/** Device feature: set the VF token, a UUID shared between a PF driver and its VFs' users. */
+/**
+ * Device feature (SET only): the VF token, a 16-byte UUID shared between the user of an SR-IOV PF on
+ * vfio-pci and the users of its VFs, who must present it to open a VF.
+ */
 export const VFIO_DEVICE_FEATURE_PCI_VF_TOKEN = 0;
 /** Device feature: report the migration flags the device supports. */
 export const VFIO_DEVICE_FEATURE_MIGRATION = 1;
@@ -336,6 +342,32 @@ export const VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT = 8;
 export const VFIO_DEVICE_FEATURE_MIG_DATA_SIZE = 9;
 /** Device feature: clear or set the device's bus master enable. */
 export const VFIO_DEVICE_FEATURE_BUS_MASTER = 10;
+/**
+ * Device feature (GET): export regions of a BAR as a DMA-BUF fd, which the ioctl returns (struct
+ * vfio_device_feature_dma_buf, then its ranges). Since Linux 6.19, with CONFIG_VFIO_PCI_DMABUF.
+ */
+export const VFIO_DEVICE_FEATURE_DMA_BUF = 11;
+/** struct vfio_region_dma_range: one page-aligned slice (offset, length) of a region, for a DMA-BUF. Since Linux 6.19. */
+export const vfio_region_dma_range: StructDef<{ offset: U64; length: U64 }> = new StructDef(
+  "vfio_region_dma_range",
+  16,
+  {
+    offset: ["u64", 0],
+    length: ["u64", 8],
+  },
+);
+/**
+ * struct vfio_device_feature_dma_buf: the region (BAR) index, the DMA-BUF's open(2) flags, flags
+ * (must be 0) and the number of vfio_region_dma_range entries that follow. Since Linux 6.19.
+ */
+export const vfio_device_feature_dma_buf: StructDef<
+  { region_index: U32; open_flags: U32; flags: U32; nr_ranges: U32 }
+> = new StructDef("vfio_device_feature_dma_buf", 16, {
+  region_index: ["u32", 0],
+  open_flags: ["u32", 4],
+  flags: ["u32", 8],
+  nr_ranges: ["u32", 12],
+});
 /** struct vfio_device_feature: argsz, flags (feature index, GET/SET/PROBE); data follows. */
 export const vfio_device_feature: StructDef<{ argsz: U32; flags: U32 }> = new StructDef(
   "vfio_device_feature",
@@ -346,31 +378,51 @@ export const vfio_device_feature: StructDef<{ argsz: U32; flags: U32 }> = new St
   },
 );
 
-/** struct vfio_device_bind_iommufd: the iommufd to bind to and the devid returned. */
-export const vfio_device_bind_iommufd: StructDef<{ argsz: U32; flags: U32; iommufd: S32; out_devid: U32 }> =
-  new StructDef("vfio_device_bind_iommufd", 16, {
+/**
+ * vfio_device_bind_iommufd flag: token_uuid_ptr points at a 16-byte VF token (the UUID of
+ * VFIO_DEVICE_FEATURE_PCI_VF_TOKEN), which a VF whose PF is on vfio-pci needs. Since Linux 6.17;
+ * older kernels refuse the flag (EINVAL).
+ */
+export const VFIO_DEVICE_BIND_FLAG_TOKEN = 1 << 0;
+/**
+ * struct vfio_device_bind_iommufd: the iommufd to bind to, the devid returned, and (since Linux 6.17,
+ * with VFIO_DEVICE_BIND_FLAG_TOKEN) a pointer to the VF token. Older kernels take the first 16 bytes.
+ */
+export const vfio_device_bind_iommufd: StructDef<
+  { argsz: U32; flags: U32; iommufd: S32; out_devid: U32; token_uuid_ptr: U64 }
+> = new StructDef("vfio_device_bind_iommufd", 24, {
+  argsz: ["u32", 0],
+  flags: ["u32", 4],
+  iommufd: ["s32", 8],
+  out_devid: ["u32", 12],
+  token_uuid_ptr: ["u64", 16],
+});
+/** vfio_device_attach_iommufd_pt flag: attach a PASID of the device (the `pasid` field), not the whole device. Since Linux 6.15. */
+export const VFIO_DEVICE_ATTACH_PASID = 1 << 0;
+/**
+ * struct vfio_device_attach_iommufd_pt: the IOAS or hwpt id to attach to (VFIO_DEVICE_ATTACH_IOMMUFD_PT),
+ * and (since Linux 6.15, with VFIO_DEVICE_ATTACH_PASID) the PASID. Older kernels take the first 12 bytes.
+ */
+export const vfio_device_attach_iommufd_pt: StructDef<{ argsz: U32; flags: U32; pt_id: U32; pasid: U32 }> =
+  new StructDef("vfio_device_attach_iommufd_pt", 16, {
     argsz: ["u32", 0],
     flags: ["u32", 4],
-    iommufd: ["s32", 8],
-    out_devid: ["u32", 12],
+    pt_id: ["u32", 8],
+    pasid: ["u32", 12],
   });
-/** struct vfio_device_attach_iommufd_pt: the IOAS or hwpt id to attach to (VFIO_DEVICE_ATTACH_IOMMUFD_PT). */
-export const vfio_device_attach_iommufd_pt: StructDef<{ argsz: U32; flags: U32; pt_id: U32 }> = new StructDef(
-  "vfio_device_attach_iommufd_pt",
+/** vfio_device_detach_iommufd_pt flag: detach a PASID of the device (the `pasid` field). Since Linux 6.15. */
+export const VFIO_DEVICE_DETACH_PASID = 1 << 0;
+/**
+ * struct vfio_device_detach_iommufd_pt: argsz and flags (VFIO_DEVICE_DETACH_IOMMUFD_PT), and (since
+ * Linux 6.15, with VFIO_DEVICE_DETACH_PASID) the PASID. Older kernels take the first 8 bytes.
+ */
+export const vfio_device_detach_iommufd_pt: StructDef<{ argsz: U32; flags: U32; pasid: U32 }> = new StructDef(
+  "vfio_device_detach_iommufd_pt",
   12,
   {
     argsz: ["u32", 0],
     flags: ["u32", 4],
-    pt_id: ["u32", 8],
-  },
-);
-/** struct vfio_device_detach_iommufd_pt: argsz and flags (VFIO_DEVICE_DETACH_IOMMUFD_PT). */
-export const vfio_device_detach_iommufd_pt: StructDef<{ argsz: U32; flags: U32 }> = new StructDef(
-  "vfio_device_detach_iommufd_pt",
-  8,
-  {
-    argsz: ["u32", 0],
-    flags: ["u32", 4],
+    pasid: ["u32", 8],
   },
 );
 

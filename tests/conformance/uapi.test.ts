@@ -2,9 +2,13 @@
  * uapi conformance: every constant, ioctl number and struct layout in lib/uapi is checked against
  * the C headers it was copied from, by compiling a generated C program that prints each value.
  *
- * - The kernel tables (vfio.h, iommufd.h, pci_regs.h) must match the lab kernel's 6.12 uapi headers
- *   (scripts/lab/headers.sh; VFIO_TS_KERNEL_HEADERS overrides the include dir), and whatever the
- *   system's older linux-libc-dev also defines must match too.
+ * - The kernel tables (vfio.h, iommufd.h, pci_regs.h) must match two sets of uapi headers: the lab
+ *   kernel's 6.12 (scripts/lab/headers.sh; VFIO_TS_KERNEL_HEADERS overrides the include dir) and
+ *   7.3 (scripts/lab/headers.sh 7.3; VFIO_TS_KERNEL_HEADERS_7_3 overrides). A name or struct field
+ *   newer than 6.12 is listed in SINCE with the version that added it: it is checked only against
+ *   headers at least that new, a struct it grew is checked at its older size against older headers,
+ *   and its JSDoc must say "Since Linux X.Y". Whatever the system's older linux-libc-dev also
+ *   defines must match too.
  * - The libc tables must match the system's libc headers, and ERRNO_NAMES must match <errno.h>.
  * - An export the headers don't define fails, unless NOT_IN_HEADERS lists it with a reason.
  *
@@ -13,7 +17,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import process from "node:process";
@@ -112,36 +116,105 @@ interface Outcome {
 // ---------------------------------------------------------------------------------------------
 // The headers
 
-let kernelDir: { dir?: string; error?: string } | undefined;
+/** A kernel header set the tables are checked against. */
+type HeaderVersion = "6.12" | "7.3";
 
-/** The 6.12 uapi include dir: $VFIO_TS_KERNEL_HEADERS, else scripts/lab/headers.sh (cached). */
-function kernelIncludeDir(): string {
-  kernelDir ??= resolveKernelIncludeDir();
-  if (kernelDir.error !== undefined) throw new Error(kernelDir.error);
-  return kernelDir.dir!;
+const kernelDirs = new Map<HeaderVersion, { dir?: string; error?: string }>();
+
+/**
+ * The uapi include dir of a kernel version: its environment override, else scripts/lab/headers.sh
+ * (cached). The dir's linux/version.h must name that version, so that a script that ignored the
+ * version asked for cannot pass the other set off as this one.
+ */
+function kernelIncludeDir(version: HeaderVersion): string {
+  let found = kernelDirs.get(version);
+  if (!found) {
+    found = resolveKernelIncludeDir(version);
+    kernelDirs.set(version, found);
+  }
+  if (found.error !== undefined) throw new Error(found.error);
+  return found.dir!;
 }
 
-function resolveKernelIncludeDir(): { dir?: string; error?: string } {
-  const override = process.env.VFIO_TS_KERNEL_HEADERS;
-  if (override) return { dir: override };
-  // stderr passes through: the first run unpacks the kernel source, and its progress should show.
-  const r = spawnSync("bash", [join(ROOT, "scripts/lab/headers.sh")], {
-    encoding: "utf8",
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  const dir = r.stdout?.trim();
-  if (r.status !== 0 || !dir) {
-    return { error: `scripts/lab/headers.sh failed (status ${r.status}${r.error ? `, ${r.error}` : ""})` };
+function resolveKernelIncludeDir(version: HeaderVersion): { dir?: string; error?: string } {
+  const variable = version === "6.12" ? "VFIO_TS_KERNEL_HEADERS" : "VFIO_TS_KERNEL_HEADERS_7_3";
+  let dir = process.env[variable];
+  if (!dir) {
+    // stderr passes through: the first run unpacks the kernel source, and its progress should show.
+    const args = [join(ROOT, "scripts/lab/headers.sh"), ...(version === "6.12" ? [] : [version])];
+    const r = spawnSync("bash", args, { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
+    dir = r.stdout?.trim();
+    if (r.status !== 0 || !dir) {
+      return {
+        error: `scripts/lab/headers.sh ${version === "6.12" ? "" : version} failed (status ${r.status}${
+          r.error ? `, ${r.error}` : ""
+        }); or set ${variable} to a ${version} uapi include dir`,
+      };
+    }
+  }
+  const versionH = join(dir, "linux/version.h");
+  const text = existsSync(versionH) ? readFileSync(versionH, "utf8") : "";
+  const major = /LINUX_VERSION_MAJOR (\d+)/.exec(text)?.[1];
+  const minor = /LINUX_VERSION_PATCHLEVEL (\d+)/.exec(text)?.[1];
+  if (`${major}.${minor}` !== version) {
+    return {
+      error: `${dir} holds the uapi headers of Linux ${major ?? "?"}.${minor ?? "?"} (linux/version.h), ` +
+        `not ${version}; set ${variable} to a ${version} include dir`,
+    };
   }
   return { dir };
 }
 
-/** The 6.12 headers for `includes`, failing clearly if one is missing from the include dir. */
-function kernel(...includes: string[]): Target {
-  const dir = kernelIncludeDir();
+/** The headers of a kernel version for `includes`, failing clearly if one is missing. */
+function kernel(version: HeaderVersion, ...includes: string[]): Target {
+  const dir = kernelIncludeDir(version);
   for (const h of includes) assert.ok(existsSync(join(dir, h)), `${h} is missing from ${dir}`);
   return { includes, dir };
 }
+
+/**
+ * Names and struct fields (`struct.field`) newer than the 6.12 headers, with the Linux version that
+ * added each. Each is checked only against headers at least that new, and its JSDoc (the struct's, for
+ * a field) must say "Since Linux X.Y".
+ */
+const SINCE: Record<string, string> = {
+  IOMMUFD_CMD_IOAS_MAP_FILE: "6.13",
+  IOMMU_IOAS_MAP_FILE: "6.13",
+  iommu_ioas_map_file: "6.13",
+  IOMMUFD_CMD_IOAS_CHANGE_PROCESS: "6.13",
+  IOMMU_IOAS_CHANGE_PROCESS: "6.13",
+  iommu_ioas_change_process: "6.13",
+  VFIO_DEVICE_ATTACH_PASID: "6.15",
+  "vfio_device_attach_iommufd_pt.pasid": "6.15",
+  VFIO_DEVICE_DETACH_PASID: "6.15",
+  "vfio_device_detach_iommufd_pt.pasid": "6.15",
+  VFIO_DEVICE_BIND_FLAG_TOKEN: "6.17",
+  "vfio_device_bind_iommufd.token_uuid_ptr": "6.17",
+  VFIO_DEVICE_FEATURE_DMA_BUF: "6.19",
+  vfio_region_dma_range: "6.19",
+  vfio_device_feature_dma_buf: "6.19",
+  IOMMUFD_CMD_IOAS_NOIOMMU_GET_PA: "7.3",
+  IOMMU_IOAS_NOIOMMU_GET_PA: "7.3",
+  iommu_ioas_noiommu_get_pa: "7.3",
+};
+
+/**
+ * Names that newer headers keep under another name, each with that name: checked under it against
+ * every header set newer than 6.12 (the uapi tables only grow, so the old name stays).
+ */
+const RENAMED: Record<string, string> = {
+  VFIO_TYPE1_NESTING_IOMMU: "__VFIO_RESERVED_TYPE1_NESTING_IOMMU",
+};
+
+/** Compares "X.Y" versions. */
+function versionAtMost(a: string, b: string): boolean {
+  const [am, an] = a.split(".").map(Number) as [number, number];
+  const [bm, bn] = b.split(".").map(Number) as [number, number];
+  return am < bm || (am === bm && an <= bn);
+}
+
+/** Whether headers of `version` define `name` (a name, or `struct.field`). */
+const inHeaders = (name: string, version: string) => versionAtMost(SINCE[name] ?? "0.0", version);
 
 // ---------------------------------------------------------------------------------------------
 // Compiling and running the checks
@@ -281,13 +354,24 @@ function showType(v: bigint | string): string {
   return `${v < 0n ? "s" : "u"}${v < 0n ? -v : v}`;
 }
 
-/** sizeof the struct, and each field's offset and type (width and signedness). */
-function structChecks(def: StructDef): Check[] {
+const WIDTH_OF: Record<FieldType, number> = { u8: 1, u16: 2, s16: 2, u32: 4, s32: 4, u64: 8 };
+
+/**
+ * sizeof the struct, and each field's offset and type (width and signedness), as headers of
+ * `version` declare it: fields they do not have yet are left out, and sizeof is then the older
+ * size (the end of the last older field, rounded up to their largest alignment).
+ */
+function structChecks(def: StructDef, version = "99.0"): Check[] {
   const t = `struct ${def.name}`;
   const lead = Object.entries(def.fields).find(([, [, offset]]) => offset === 0)?.[0];
   const grows = lead === "argsz" || lead === "size";
-  const checks: Check[] = [{ label: `sizeof(${t})`, c: `sizeof(${t})`, ts: BigInt(def.size), grows }];
-  for (const [field, [type, offset]] of Object.entries(def.fields)) {
+  const fields = Object.entries(def.fields).filter(([field]) => inHeaders(`${def.name}.${field}`, version));
+  const older = fields.length < Object.keys(def.fields).length;
+  const align = Math.max(...fields.map(([, [type]]) => WIDTH_OF[type]));
+  const end = Math.max(...fields.map(([, [type, offset]]) => offset + WIDTH_OF[type]));
+  const size = older ? Math.ceil(end / align) * align : def.size;
+  const checks: Check[] = [{ label: `sizeof(${t})`, c: `sizeof(${t})`, ts: BigInt(size), grows }];
+  for (const [field, [type, offset]] of fields) {
     const member = `((${t} *)0)->${field}`;
     checks.push({ label: `${t}.${field}: offset`, c: `offsetof(${t}, ${field})`, ts: BigInt(offset) });
     checks.push({
@@ -332,12 +416,21 @@ function exportsOf(module: Record<string, unknown>): [string, Export][] {
   return Object.entries(module).map(([name, value]) => [name, classify(name, value)]);
 }
 
-function constantChecks(module: Record<string, unknown>): Check[] {
-  return exportsOf(module).flatMap(([, e]) => (e.kind === "constant" ? [e.check] : []));
+/** The constants of a module that headers of `version` define (all of them by default). */
+function constantChecks(module: Record<string, unknown>, version = "99.0"): Check[] {
+  return exportsOf(module).flatMap(([name, e]) => {
+    if (e.kind !== "constant" || !inHeaders(name, version)) return [];
+    const renamed = RENAMED[name];
+    if (renamed === undefined || versionAtMost(version, "6.12")) return [e.check];
+    return [{ ...e.check, label: `${e.check.label} (as ${renamed})`, c: e.check.c.replace(name, renamed) }];
+  });
 }
 
-function layoutChecks(module: Record<string, unknown>): Check[] {
-  return exportsOf(module).flatMap(([, e]) => (e.kind === "struct" ? structChecks(e.def) : []));
+/** The struct layouts of a module, as headers of `version` declare them (the newest by default). */
+function layoutChecks(module: Record<string, unknown>, version = "99.0"): Check[] {
+  return exportsOf(module).flatMap(([name, e]) =>
+    e.kind === "struct" && inHeaders(name, version) ? structChecks(e.def, version) : []
+  );
 }
 
 /** _IO for a spread of types and numbers, including every VFIO and iommufd type and the top nr. */
@@ -363,28 +456,48 @@ const LIBC_HEADERS = ["fcntl.h", "sys/mman.h", "sys/eventfd.h", "poll.h", "sys/r
 // ---------------------------------------------------------------------------------------------
 // The tests
 
-test("vfio.h: struct layouts match", () => {
-  assertConforms(layoutChecks(vfio), kernel("linux/vfio.h"));
+test("vfio.h (6.12): struct layouts match", () => {
+  assertConforms(layoutChecks(vfio, "6.12"), kernel("6.12", "linux/vfio.h"));
 });
 
-test("vfio.h: ioctl numbers and constants match", () => {
-  assertConforms(constantChecks(vfio), kernel("linux/vfio.h"));
+test("vfio.h (6.12): ioctl numbers and constants match", () => {
+  assertConforms(constantChecks(vfio, "6.12"), kernel("6.12", "linux/vfio.h"));
 });
 
-test("iommufd.h: struct layouts match", () => {
-  assertConforms(layoutChecks(iommufd), kernel("linux/iommufd.h"));
+test("iommufd.h (6.12): struct layouts match", () => {
+  assertConforms(layoutChecks(iommufd, "6.12"), kernel("6.12", "linux/iommufd.h"));
 });
 
-test("iommufd.h: ioctl numbers and constants match", () => {
-  assertConforms(constantChecks(iommufd), kernel("linux/iommufd.h"));
+test("iommufd.h (6.12): ioctl numbers and constants match", () => {
+  assertConforms(constantChecks(iommufd, "6.12"), kernel("6.12", "linux/iommufd.h"));
 });
 
-test("pci_regs.h: constants match", () => {
-  assertConforms(constantChecks(pci), kernel("linux/pci_regs.h"));
+test("pci_regs.h (6.12): constants match", () => {
+  assertConforms(constantChecks(pci, "6.12"), kernel("6.12", "linux/pci_regs.h"));
+});
+
+test("vfio.h (7.3): struct layouts match", () => {
+  assertConforms(layoutChecks(vfio, "7.3"), kernel("7.3", "linux/vfio.h"));
+});
+
+test("vfio.h (7.3): ioctl numbers and constants match", () => {
+  assertConforms(constantChecks(vfio, "7.3"), kernel("7.3", "linux/vfio.h"));
+});
+
+test("iommufd.h (7.3): struct layouts match", () => {
+  assertConforms(layoutChecks(iommufd, "7.3"), kernel("7.3", "linux/iommufd.h"));
+});
+
+test("iommufd.h (7.3): ioctl numbers and constants match", () => {
+  assertConforms(constantChecks(iommufd, "7.3"), kernel("7.3", "linux/iommufd.h"));
+});
+
+test("pci_regs.h (7.3): constants match", () => {
+  assertConforms(constantChecks(pci, "7.3"), kernel("7.3", "linux/pci_regs.h"));
 });
 
 test("ioctl.h: _IO encodes requests as the kernel's _IO does", () => {
-  assertConforms(ioChecks(), kernel("linux/ioctl.h"));
+  assertConforms(ioChecks(), kernel("6.12", "linux/ioctl.h"));
 });
 
 test("libc: struct pollfd and struct rlimit match", () => {
@@ -458,8 +571,46 @@ test("every lib/uapi export is checked", () => {
   }
   // A listed exception that no longer exists is stale; drop it so the lists stay honest.
   const all = new Set(Object.values(MODULES).flatMap((m) => Object.keys(m)));
-  for (const name of [...Object.keys(HELPERS), ...Object.keys(NOT_IN_HEADERS), ...Object.keys(AS_U32)]) {
+  const lists = [HELPERS, NOT_IN_HEADERS, AS_U32, RENAMED].flatMap((l) => Object.keys(l));
+  for (const name of lists) {
     if (!all.has(name)) uncovered.push(`${name}: listed as an exception but not exported by lib/uapi`);
   }
   failOn(uncovered, "exports are not checked");
+});
+
+test("names newer than 6.12 say since when, and only they do", () => {
+  const problems: string[] = [];
+  const all = new Map(Object.entries({ ...vfio, ...iommufd, ...pci }));
+  const sources = ["vfio.ts", "iommufd.ts", "pci.ts"].map((f) =>
+    readFileSync(join(ROOT, "lib/uapi", f), "utf8")
+  )
+    .join("\n");
+  // The JSDoc right before `export const NAME`.
+  const docOf = (name: string) =>
+    new RegExp(`/\\*\\*((?:(?!\\*/)[\\s\\S])*)\\*/\\s*export const ${name}\\b`).exec(sources)?.[1];
+  for (const [entry, version] of Object.entries(SINCE)) {
+    const [name, field] = entry.split(".") as [string, string | undefined];
+    const value = all.get(name);
+    if (value === undefined) {
+      problems.push(`${entry}: listed in SINCE but not exported by lib/uapi`);
+      continue;
+    }
+    if (field !== undefined && !(value instanceof StructDef && field in value.fields)) {
+      problems.push(`${entry}: ${name} has no field ${field}`);
+    }
+    const doc = docOf(name)?.replace(/\s*\*\s*/g, " ") ?? "";
+    if (!new RegExp(`since Linux ${version.replace(".", "\\.")}\\b`, "i").test(doc)) {
+      problems.push(`${entry}: its JSDoc must say "Since Linux ${version}"`);
+    }
+  }
+  for (const name of all.keys()) {
+    const doc = docOf(name)?.replace(/\s*\*\s*/g, " ") ?? "";
+    for (const m of doc.matchAll(/since Linux (\d+\.\d+)/gi)) {
+      const listed = Object.entries(SINCE).filter(([e]) => e === name || e.startsWith(`${name}.`));
+      if (!versionAtMost(m[1]!, "6.12") && !listed.some(([, v]) => v === m[1])) {
+        problems.push(`${name}: its JSDoc says since Linux ${m[1]}, which SINCE does not list for it`);
+      }
+    }
+  }
+  failOn(problems, "version notes are inconsistent");
 });

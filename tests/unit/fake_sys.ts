@@ -62,6 +62,43 @@
  *   affected device must be bound to this iommufd or share a group with one that is (EPERM);
  *   GET_PCI_HOT_RESET_INFO reports devids (FLAG_DEV_ID). Closing the cdev detaches and unbinds it.
  *
+ * Linux 7.x (the fake's {@link FakeSys.release} is 7.3.4 unless a test sets an older one; each rule
+ * says from when it holds, and /proc/sys/kernel/osrelease reports the release):
+ * - SR-IOV (drivers/pci/iov.c, vfio_pci_core.c): a PF made with `sriov` has sriov_totalvfs and
+ *   sriov_numvfs in sysfs. Writing sriov_numvfs: above the total is ERANGE; the same count is a no-op;
+ *   no driver, or vfio-pci without enable_sriov ({@link FakeSys.vfioPciEnableSriov}), is ENOENT; a
+ *   new non-zero count while VFs exist is EBUSY (write 0 first). Enabling adds the VFs (virtfnN and
+ *   physfn links, each in an IOMMU group of its own, bound to vfio-pci when the PF is, as vfio-pci's
+ *   bus notifier sets their driver_override), with cdevs when the kernel makes them. Disabling while
+ *   a VF is open would block in the kernel until its user lets go: the fake throws instead.
+ * - VF tokens (vfio_pci_core_match_token_uuid): a PF keeps a token (random until set; GET is EINVAL,
+ *   a device that is no PF has none: ENOTTY), set with VFIO_DEVICE_FEATURE SET | PCI_VF_TOKEN
+ *   (16 bytes). Opening a VF whose PF is on vfio-pci needs the PF's token: missing or wrong is
+ *   EACCES; a token for a VF whose PF is not on vfio-pci, or for a device that is neither, is
+ *   EINVAL; for a PF, a token sets it while no VF is open and must match while some are (EACCES).
+ *   Legacy: VFIO_GROUP_GET_DEVICE_FD takes "BDF vf_token=UUID" (another option, or a malformed UUID,
+ *   is EINVAL). cdev: VFIO_DEVICE_BIND_FLAG_TOKEN with token_uuid_ptr (EFAULT if unmapped), since
+ *   6.17; before, any flag is EINVAL (and the cdev checks no token at all).
+ * - DMA-BUF (vfio_pci_dmabuf.c, since 6.19, with {@link FakeSys.dmaBufExport}; otherwise the
+ *   feature is ENOTTY): VFIO_DEVICE_FEATURE GET | DMA_BUF takes struct vfio_device_feature_dma_buf
+ *   and its ranges (argsz below the struct, no ranges or flags set: EINVAL; a region that is not an
+ *   implemented BAR: ENODEV; a range empty, off the page or past the BAR: EINVAL) and returns a new
+ *   fd. PROBE answers for GET only. Closing the device revokes its DMA-BUFs.
+ * - IOMMU_IOAS_MAP_FILE (since 6.13, ENOTTY before) maps a file like IOMMU_IOAS_MAP maps memory (same
+ *   flag, IOVA and overlap rules): an fd that is not open is EBADF; a VFIO DMA-BUF (since 6.19) must
+ *   have one range (EOPNOTSUPP), not be revoked (ENODEV), and hold start + length (EINVAL); other
+ *   files are EINVAL (the fake has no memfd). DMA-BUF pages are not pinned or counted.
+ * - IOMMU_IOAS_MAP of a BAR's mmap fails where it pins (EFAULT: pin_user_pages refuses VM_PFNMAP);
+ *   type1's VFIO_IOMMU_MAP_DMA takes it (vaddr_get_pfns follows the PFN map) without counting it
+ *   against RLIMIT_MEMLOCK.
+ * - No-IOMMU through iommufd (since 7.3): a `noiommu` device with a cdev gets the node
+ *   noiommu-vfioN (none before 7.3); opening it needs CAP_SYS_RAWIO (uid 0, else EPERM); bind skips
+ *   the isolation checks; the first attach makes a software domain that maps the whole 64-bit space
+ *   at page alignment, and pins. IOMMU_IOAS_NOIOMMU_GET_PA (CAP_SYS_RAWIO; flags EOPNOTSUPP; length
+ *   0 EINVAL; an IOVA not mapped ENOENT; a domain with an IOMMU EOPNOTSUPP) returns the physical
+ *   address of the IOVA and the physically contiguous bytes from it, capped by `length`. Anonymous
+ *   memory is physically contiguous only within a page, or within one hugepage.
+ *
  * What the kernel would block on (reading an empty eventfd, an endless poll with nothing ready),
  * the fake cannot: it returns EAGAIN or throws, which shows up as a test failure. Misuse the kernel
  * would not report (a double close, unmapping memory that a live view or a DMA mapping still uses)
@@ -77,6 +114,8 @@ import type { RawMmio, Sys } from "../../lib/sys.ts";
 import {
   ERRNO,
   MAP_ANONYMOUS,
+  MAP_HUGE_SHIFT,
+  MAP_HUGETLB,
   pollfd,
   POLLIN,
   POLLNVAL,
@@ -144,13 +183,47 @@ export interface FakeDevice {
   hotReset: { bdf: string; group: number }[] | undefined;
   /** The features VFIO_DEVICE_FEATURE_PROBE accepts. */
   features: Set<number>;
-  /** The cdev under /dev/vfio/devices, e.g. `vfio0`, if the kernel made one. */
+  /** The cdev under /dev/vfio/devices, e.g. `vfio0` (`noiommu-vfio0` without an IOMMU), if the kernel made one. */
   cdev: string | undefined;
+  /** For an SR-IOV PF: its capability, VFs and VF token. */
+  sriov: FakeSriov | undefined;
+  /** For a VF: its PF's address. */
+  physfn: string | undefined;
+  /** The DMA-BUFs exported from the device, revoked when it closes. */
+  dmaBufs: FakeDmaBuf[];
+}
+
+/** A PF's SR-IOV state. */
+export interface FakeSriov {
+  /** sriov_totalvfs. */
+  totalVfs: number;
+  /** The VFs' addresses, index = VF number; as many as sriov_numvfs. */
+  vfs: string[];
+  /** The VF token (uuid_t bytes). */
+  token: Uint8Array;
+  /** Open VFs (vf_token->users). */
+  users: number;
+  /** The address of VF `i`, as the PF's SR-IOV capability places it. */
+  vfAddress: (i: number) => string;
+  /** The VFs' device ID. */
+  vfDevice: number;
+}
+
+/** A DMA-BUF exported from a device's BAR. */
+export interface FakeDmaBuf {
+  device: FakeDevice;
+  region: number;
+  ranges: { offset: bigint; length: bigint }[];
+  size: bigint;
+  revoked: boolean;
 }
 
 /** Options for {@link FakeSys.addDevice}; regions and IRQs override vfio-pci's defaults by index. */
-export interface FakeDeviceOptions extends Partial<Omit<FakeDevice, "regions" | "irqs" | "irqSets">> {
+export interface FakeDeviceOptions
+  extends Partial<Omit<FakeDevice, "regions" | "irqs" | "irqSets" | "sriov" | "dmaBufs">> {
   bdf: string;
+  /** Makes the device an SR-IOV PF with this many VFs possible (VF i at function i + 2 by default). */
+  sriov?: { totalVfs: number; vfAddress?: (i: number) => string; vfDevice?: number };
   regions?: (Partial<Omit<FakeRegion, "data">> & { index: number })[];
   irqs?: { index: number; count: number; flags?: number }[];
 }
@@ -171,12 +244,14 @@ interface GroupState {
   container: ContainerState | undefined;
 }
 
-/** An IOMMU_IOAS_MAP mapping. */
+/** An IOMMU_IOAS_MAP mapping (or IOMMU_IOAS_MAP_FILE's, with `file` set and no process address). */
 export interface IoasMapping {
   iova: bigint;
   length: bigint;
   vaddr: bigint;
   flags: number;
+  /** For a file mapping: the DMA-BUF, and where the mapping starts in it. */
+  file?: { dmaBuf: FakeDmaBuf; start: bigint };
 }
 
 /** An IO address space (IOMMU_IOAS_ALLOC) in an iommufd. */
@@ -190,6 +265,8 @@ export interface IoasState {
   devices: Set<CdevState>;
   /** The ID of the hw page table (the IOMMU domain) made by the first attach; undefined without. */
   hwpt: number | undefined;
+  /** Whether that domain is no-IOMMU's software one (its devices have no IOMMU). */
+  noiommu: boolean;
 }
 
 /** An open device cdev: unbound, bound to an iommufd, or bound and attached to an IOAS. */
@@ -251,7 +328,8 @@ type FdEntry =
   | { kind: "device"; path: string; device: FakeDevice; group: GroupState }
   | { kind: "eventfd"; path: string; counter: Counter }
   | { kind: "iommufd"; path: string; ctx: IommufdState }
-  | { kind: "cdev"; path: string; device: FakeDevice; cdev: CdevState };
+  | { kind: "cdev"; path: string; device: FakeDevice; cdev: CdevState }
+  | { kind: "dmabuf"; path: string; dmaBuf: FakeDmaBuf };
 
 interface Mapping {
   address: bigint;
@@ -263,6 +341,8 @@ interface Mapping {
   /** A device region, and where in it the mapping starts. */
   region?: FakeRegion;
   pos?: number;
+  /** For anonymous memory: the physical address of each page. */
+  phys?: bigint[];
 }
 
 const err = (name: string) => -ERRNO[name]!;
@@ -276,7 +356,7 @@ const IOCTL_NAMES: Record<string, RegExp> = {
   group: /^VFIO_GROUP_/,
   device: /^VFIO_DEVICE_/,
   cdev: /^VFIO_DEVICE_/,
-  iommufd: /^IOMMU_(DESTROY|IOAS_(ALLOC|ALLOW_IOVAS|IOVA_RANGES|MAP|UNMAP))$/,
+  iommufd: /^IOMMU_(DESTROY|IOAS_(ALLOC|ALLOW_IOVAS|IOVA_RANGES|MAP|MAP_FILE|UNMAP|NOIOMMU_GET_PA))$/,
 };
 const REQUESTS = Object.entries({ ...V, ...I });
 const ioctlName = (kind: string, request: number) =>
@@ -356,6 +436,14 @@ export class FakeSys implements Sys {
   deviceCdevs = true;
   /** Whether the IOMMU isolates MSIs (interrupt remapping); without it a cdev bind is EPERM. */
   isolatedMsi = true;
+  /** The kernel release, for /proc/sys/kernel/osrelease; the 7.x rules hold from their version on. */
+  release = "7.3.4";
+  /** Whether vfio-pci exports DMA-BUFs (CONFIG_VFIO_PCI_DMABUF; from 6.19 on). */
+  dmaBufExport = true;
+  /** vfio-pci's enable_sriov parameter: without it, sriov_numvfs on a vfio-pci PF is ENOENT. */
+  vfioPciEnableSriov = true;
+  /** The first physical address anonymous memory gets; pages are handed out two apart. */
+  physBase = 0x1000000n;
   /** Other files, for readText and writeText. */
   files = new Map<string, string>();
   /** Directories made with mkdir. */
@@ -377,6 +465,14 @@ export class FakeSys implements Sys {
   #injections: { op: string; target: string | undefined; errno: string; after: number; times: number }[] = [];
   #nextFd = 3;
   #nextAddress = 0x7f0000000000n;
+  #nextPhys: bigint | undefined;
+
+  /** Whether the modelled kernel is `version` ("X.Y") or newer. */
+  since(version: string): boolean {
+    const [a, b] = this.release.split(".").map(Number) as [number, number];
+    const [x, y] = version.split(".").map(Number) as [number, number];
+    return a > x || (a === x && b >= y);
+  }
 
   /**
    * Adds a PCI device, by default bound to vfio-pci in group 1, with vfio-pci's regions (a 4 KiB
@@ -418,7 +514,17 @@ export class FakeSys implements Sys {
       hotReset: undefined,
       features: new Set(),
       cdev: undefined,
+      physfn: undefined,
       ...o,
+      sriov: o.sriov === undefined ? undefined : {
+        totalVfs: o.sriov.totalVfs,
+        vfs: [],
+        token: crypto.getRandomValues(new Uint8Array(16)), // uuid_gen at probe
+        users: 0,
+        vfAddress: o.sriov.vfAddress ?? ((i) => `${o.bdf.slice(0, -1)}${i + 2}`),
+        vfDevice: o.sriov.vfDevice ?? 0x10ca,
+      },
+      dmaBufs: [],
       regions,
       irqs,
       irqSets: [],
@@ -520,6 +626,7 @@ export class FakeSys implements Sys {
       if (path.startsWith("/dev/vfio/devices/")) {
         const device = this.#cdevNodes().find((d) => `/dev/vfio/devices/${d.cdev}` === path);
         if (!device) return err("ENOENT");
+        if (device.noiommu && this.uid !== 0) return err("EPERM"); // CAP_SYS_RAWIO
         const cdev: CdevState = { device, ctx: undefined, devid: 0, ioas: undefined };
         return this.#newFd({ kind: "cdev", path, device, cdev });
       }
@@ -544,6 +651,7 @@ export class FakeSys implements Sys {
       if (e.kind === "group") e.group.fd = undefined;
       if (e.kind === "device") {
         e.device.irqs.forEach((irq) => (irq.triggers = [])); // vfio_pci_core_close_device
+        this.#deviceClosed(e.device);
         e.group.deviceFds--;
       }
       if (e.kind === "group" || e.kind === "device") this.#releaseGroup(e.group);
@@ -602,7 +710,14 @@ export class FakeSys implements Sys {
     const e = anon ? undefined : this.#fd(fd, "mmap");
     return BigInt(this.#call({ op: "mmap", fd, offset, length }, anon ? "anonymous" : e?.path, () => {
       if (length <= 0) return err("EINVAL");
-      if (anon) return this.#map({ length, what: "anonymous memory", buffer: new ArrayBuffer(length) });
+      if (anon) {
+        return this.#map({
+          length,
+          what: "anonymous memory",
+          buffer: new ArrayBuffer(length),
+          phys: this.#phys(length, flags),
+        });
+      }
       if (e?.kind === "cdev" && !e.cdev.ctx) return err("EINVAL"); // not bound yet
       if (e?.kind !== "device" && e?.kind !== "cdev") return err(e ? "ENODEV" : "EBADF");
       // vfio_pci_core_mmap: BARs only, page-aligned, inside the BAR.
@@ -634,7 +749,7 @@ export class FakeSys implements Sys {
       }
       for (const a of this.#ioases()) {
         for (const d of a.mappings.values()) {
-          if (d.vaddr < address + BigInt(length) && address < d.vaddr + d.length) {
+          if (!d.file && d.vaddr < address + BigInt(length) && address < d.vaddr + d.length) {
             this.violations.push(
               `munmap(${hex(address)}): still mapped in IOAS ${a.id} at iova ${hex(d.iova)}`,
             );
@@ -738,12 +853,94 @@ export class FakeSys implements Sys {
       if (dev && (attr === "vendor" || attr === "device")) {
         return `0x${dev[attr].toString(16).padStart(4, "0")}\n`;
       }
+      if (dev?.sriov && attr === "sriov_totalvfs") return `${dev.sriov.totalVfs}\n`;
+      if (dev?.sriov && attr === "sriov_numvfs") return `${dev.sriov.vfs.length}\n`;
+      if (path === "/proc/sys/kernel/osrelease") return `${this.release}\n`;
       return this.files.get(path) ?? err("ENOENT");
     });
   }
 
   writeText(path: string, text: string): number {
-    return this.#call({ op: "writeText", path }, path, () => (this.files.set(path, text), 0));
+    return this.#call({ op: "writeText", path }, path, () => {
+      const [dev, attr] = this.#sysfs(path);
+      if (dev?.sriov && attr === "sriov_numvfs") return this.#setNumVfs(dev, text);
+      this.files.set(path, text);
+      return 0;
+    });
+  }
+
+  // sriov_numvfs_store, then vfio_pci_sriov_configure.
+  #setNumVfs(pf: FakeDevice, text: string): number {
+    const sriov = pf.sriov!;
+    if (!/^\s*\d+\s*$/.test(text) || Number(text) > 0xffff) return err("EINVAL");
+    const n = Number(text);
+    if (n > sriov.totalVfs) return err("ERANGE");
+    if (n === sriov.vfs.length) return text.length;
+    if (pf.driver === undefined) return err("ENOENT");
+    if (pf.driver === "vfio-pci" && !this.vfioPciEnableSriov) return err("ENOENT");
+    if (n > 0 && sriov.vfs.length > 0) return err("EBUSY");
+    if (n === 0) {
+      const open = sriov.vfs.filter((bdf) => this.#deviceOpen(bdf));
+      if (open.length) {
+        throw new Error(`FakeSys: disabling SR-IOV would block until ${open.join(", ")} is closed`);
+      }
+      for (const bdf of sriov.vfs.splice(0)) this.#devices.delete(bdf);
+      return text.length;
+    }
+    const groups = [...this.#devices.values()].map((d) => d.group ?? 0);
+    const cdevs = [...this.#devices.values()].map((d) => Number(/(\d+)$/.exec(d.cdev ?? "")?.[1] ?? -1));
+    for (let i = 0; i < n; i++) {
+      const bdf = sriov.vfAddress(i);
+      this.addDevice({
+        bdf,
+        group: Math.max(...groups) + 1 + i,
+        driver: pf.driver === "vfio-pci" ? "vfio-pci" : undefined,
+        vendor: pf.vendor,
+        device: sriov.vfDevice,
+        physfn: pf.bdf,
+        noiommu: pf.noiommu,
+        cdev: pf.cdev === undefined ? undefined : `vfio${Math.max(...cdevs) + 1 + i}`,
+      });
+      sriov.vfs.push(bdf);
+    }
+    return text.length;
+  }
+
+  /** Whether a device is open: through its group's device fd, or a cdev. */
+  #deviceOpen(bdf: string): boolean {
+    return [...this.#fds.values()].some((e) =>
+      (e.kind === "device" || e.kind === "cdev") && e.device.bdf === bdf
+    );
+  }
+
+  // vfio_pci_core_close_device: the DMA-BUFs are revoked, and a VF no longer counts as a token user.
+  #deviceClosed(d: FakeDevice): void {
+    for (const b of d.dmaBufs) b.revoked = true;
+    const pf = d.physfn === undefined ? undefined : this.#devices.get(d.physfn);
+    if (pf?.sriov && pf.driver === "vfio-pci") pf.sriov.users--;
+  }
+
+  // vfio_pci_core_match_token_uuid: 0, or -errno.
+  #matchToken(d: FakeDevice, token: Uint8Array | undefined): number {
+    const same = (a: Uint8Array, b: Uint8Array) => a.every((x, i) => x === b[i]);
+    if (d.physfn !== undefined) {
+      const pf = this.#devices.get(d.physfn);
+      if (pf?.driver !== "vfio-pci") return token ? err("EINVAL") : 0;
+      if (!token || !same(token, pf.sriov!.token)) return err("EACCES");
+      return 0;
+    }
+    if (d.sriov) {
+      if (d.sriov.users > 0) return token && same(token, d.sriov.token) ? 0 : err("EACCES");
+      if (token) d.sriov.token = token.slice();
+      return 0;
+    }
+    return token ? err("EINVAL") : 0;
+  }
+
+  // A VF opened through vfio counts as a user of its PF's token.
+  #deviceOpened(d: FakeDevice): void {
+    const pf = d.physfn === undefined ? undefined : this.#devices.get(d.physfn);
+    if (pf?.sriov && pf.driver === "vfio-pci") pf.sriov.users++;
   }
 
   readLink(path: string): string | number {
@@ -754,6 +951,13 @@ export class FakeSys implements Sys {
         return `../../../kernel/iommu_groups/${dev.group}`;
       }
       if (dev?.driver !== undefined && attr === "driver") return `../../../bus/pci/drivers/${dev.driver}`;
+      if (dev?.physfn !== undefined && attr === "physfn") return `../${dev.physfn}`;
+      const vf = /^virtfn(\d+)$/.exec(attr ?? "")?.[1];
+      if (dev?.sriov && vf !== undefined && dev.sriov.vfs[Number(vf)]) {
+        return `../${dev.sriov.vfs[Number(vf)]}`;
+      }
+      const fd = /^\/proc\/self\/fd\/(\d+)$/.exec(path)?.[1];
+      if (fd !== undefined) return this.#fds.get(Number(fd))?.path ?? err("ENOENT");
       return err("ENOENT");
     });
   }
@@ -862,6 +1066,32 @@ export class FakeSys implements Sys {
       });
     }
     return 0;
+  }
+
+  // Physical pages for anonymous memory: two apart, so that only a page, or one hugepage (which
+  // MAP_HUGETLB asks for, its size in the flags), is physically contiguous.
+  #phys(length: number, flags: number): bigint[] {
+    const page = BigInt(this.pageSize);
+    const huge = flags & MAP_HUGETLB ? BigInt(2 ** ((flags >>> MAP_HUGE_SHIFT) & 0x3f || 21)) : page;
+    this.#nextPhys ??= this.physBase;
+    const out: bigint[] = [];
+    let unit = 0n;
+    for (let i = 0n; i < BigInt(Math.ceil(length / this.pageSize)); i++) {
+      const offset = (i * page) % huge;
+      if (offset === 0n) {
+        unit = (this.#nextPhys + huge - 1n) / huge * huge;
+        this.#nextPhys = unit + huge + page; // a gap: the next unit is not adjacent
+      }
+      out.push(unit + offset);
+    }
+    return out;
+  }
+
+  /** Whether a process address lies in an mmap of a device region. */
+  #isDevice(address: bigint): boolean {
+    return [...this.#maps.values()].some((m) =>
+      m.region && address >= m.address && address < m.address + BigInt(m.length)
+    );
   }
 
   #map(m: Omit<Mapping, "address">): number {
@@ -1005,15 +1235,18 @@ export class FakeSys implements Sys {
         }
         if (overlap(iova, size).length) return err("EEXIST");
         if (avail === 0) return err("ENOSPC");
-        const mapped = [...this.#maps.values()].some((m) =>
-          m.buffer && vaddr >= m.address && vaddr + size <= m.address + BigInt(m.length)
+        const mapped = [...this.#maps.values()].find((m) =>
+          (m.buffer || m.region) && vaddr >= m.address && vaddr + size <= m.address + BigInt(m.length)
         );
         if (!mapped) return err("EFAULT"); // vfio_pin_pages finds nothing there
-        const pinned = this.containers.flatMap((x) => [...x.mappings.values()]).reduce(
-          (a, m) => a + m.size,
-          0n,
-        );
-        if (this.memlock !== undefined && pinned + size > this.memlock) return err("ENOMEM");
+        // Device memory (VM_PFNMAP) is mapped by PFN and not counted against RLIMIT_MEMLOCK.
+        const pinned = this.containers.flatMap((x) => [...x.mappings.values()]).filter((m) =>
+          !this.#isDevice(m.vaddr)
+        )
+          .reduce((a, m) => a + m.size, 0n);
+        if (!mapped.region && this.memlock !== undefined && pinned + size > this.memlock) {
+          return err("ENOMEM");
+        }
         c.mappings.set(iova, { iova, size, vaddr, flags: s.get("flags") });
         return 0;
       }
@@ -1064,12 +1297,25 @@ export class FakeSys implements Sys {
         return 0;
       case "VFIO_GROUP_GET_DEVICE_FD": {
         if (typeof arg === "number") return err("EFAULT");
-        const bdf = new TextDecoder().decode(
+        const text = new TextDecoder().decode(
           arg.subarray(0, arg.indexOf(0) < 0 ? arg.length : arg.indexOf(0)),
         );
         if (g.container?.type === undefined) return err("EINVAL");
+        // vfio_pci_core_match: the name, then space-separated options; vf_token= is the only one.
+        const [bdf, ...opts] = text.split(" ").filter((x) => x !== "");
         const device = this.#members(g).find((d) => d.bdf === bdf && d.driver === "vfio-pci");
         if (!device) return err("ENODEV");
+        let token: Uint8Array | undefined;
+        for (const o of opts) {
+          const m = /^vf_token=([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})$/
+            .exec(o);
+          if (!m || token) return err("EINVAL");
+          const hexes = m[1]!.replaceAll("-", "");
+          token = Uint8Array.from({ length: 16 }, (_, i) => parseInt(hexes.slice(2 * i, 2 * i + 2), 16));
+        }
+        const matched = this.#matchToken(device, token);
+        if (matched) return matched;
+        this.#deviceOpened(device);
         g.deviceFds++;
         return this.#newFd({
           kind: "device",
@@ -1152,8 +1398,35 @@ export class FakeSys implements Sys {
         const s = this.#arg(V.vfio_device_feature, arg);
         if (typeof s === "number") return s;
         const flags = s.get("flags");
+        const { VFIO_DEVICE_FEATURE_GET: GET, VFIO_DEVICE_FEATURE_SET: SET } = V;
         const probe = (flags & V.VFIO_DEVICE_FEATURE_PROBE) !== 0;
-        return probe && d.features.has(flags & V.VFIO_DEVICE_FEATURE_MASK) ? 0 : err("ENOTTY");
+        if (flags & ~(V.VFIO_DEVICE_FEATURE_MASK | GET | SET | V.VFIO_DEVICE_FEATURE_PROBE)) {
+          return err("EINVAL");
+        }
+        if (!probe && flags & GET && flags & SET) return err("EINVAL");
+        const feature = flags & V.VFIO_DEVICE_FEATURE_MASK;
+        const data = s.get("argsz") - V.vfio_device_feature.size;
+        // vfio_check_feature: 1 to go on, else 0 (probe) or -EINVAL.
+        const checkFeature = (supported: number, minsz: number) =>
+          (flags & (GET | SET)) & ~supported
+            ? err("EINVAL")
+            : probe
+            ? 0
+            : !(flags & (GET | SET)) || data < minsz
+            ? err("EINVAL")
+            : 1;
+        if (feature === V.VFIO_DEVICE_FEATURE_PCI_VF_TOKEN) {
+          if (!d.sriov) return err("ENOTTY");
+          const ok = checkFeature(SET, 16);
+          if (ok !== 1) return ok;
+          d.sriov.token = s.bytes.slice(V.vfio_device_feature.size, V.vfio_device_feature.size + 16);
+          return 0;
+        }
+        if (feature === V.VFIO_DEVICE_FEATURE_DMA_BUF && this.since("6.19") && this.dmaBufExport) {
+          const ok = checkFeature(GET, V.vfio_device_feature_dma_buf.size);
+          return ok !== 1 ? ok : this.#exportDmaBuf(d, s.bytes.subarray(V.vfio_device_feature.size));
+        }
+        return probe && d.features.has(feature) ? 0 : err("ENOTTY");
       }
     }
     return err("ENOTTY");
@@ -1164,7 +1437,11 @@ export class FakeSys implements Sys {
   /** The vfio-pci devices whose cdev node exists. */
   #cdevNodes(): FakeDevice[] {
     if (!this.iommufd || !this.deviceCdevs) return [];
-    return [...this.#devices.values()].filter((d) => d.driver === "vfio-pci" && d.cdev !== undefined);
+    // vfio_device_set_noiommu_and_name: a device without an IOMMU gets noiommu-vfioN, from 7.3 on.
+    return [...this.#devices.values()].filter((d) =>
+      d.driver === "vfio-pci" && d.cdev !== undefined &&
+      (d.noiommu ? this.since("7.3") && d.cdev.startsWith("noiommu-") : !d.cdev.startsWith("noiommu-"))
+    );
   }
 
   /** The open cdevs bound to an iommufd. */
@@ -1186,7 +1463,17 @@ export class FakeSys implements Sys {
 
   /** The IOVA ranges of an IOAS: all of them until a device attaches, then what the IOMMU maps. */
   #ioasRanges(a: IoasState): { start: bigint; last: bigint }[] {
-    return a.hwpt === undefined || !this.iovaRanges ? [{ start: 0n, last: U64_MAX }] : this.iovaRanges;
+    return a.hwpt === undefined ? [{ start: 0n, last: U64_MAX }] : this.#domainRanges(a);
+  }
+
+  /** What a domain maps: the IOMMU's ranges, or all of 64 bits for no-IOMMU's software table. */
+  #domainRanges(a: IoasState): { start: bigint; last: bigint }[] {
+    return a.noiommu || !this.iovaRanges ? [{ start: 0n, last: U64_MAX }] : this.iovaRanges;
+  }
+
+  /** A domain's alignment: the IOMMU's smallest page, or the CPU page for no-IOMMU's table. */
+  #domainAlignment(a: IoasState): bigint {
+    return a.noiommu ? BigInt(this.pageSize) : this.iovaPgsizes & -this.iovaPgsizes;
   }
 
   /** The reserved ranges: the holes between sorted, disjoint `ranges`. */
@@ -1203,7 +1490,7 @@ export class FakeSys implements Sys {
 
   /** The IOVA alignment of an IOAS: 1 without a domain, else the IOMMU's smallest page. */
   #alignment(a: IoasState): bigint {
-    return a.hwpt === undefined ? 1n : this.iovaPgsizes & -this.iovaPgsizes;
+    return a.hwpt === undefined ? 1n : this.#domainAlignment(a);
   }
 
   /** The bytes a mapping pins: whole pages. */
@@ -1213,10 +1500,11 @@ export class FakeSys implements Sys {
   }
 
   /** Pins mappings into a domain: EFAULT for memory not mapped, ENOMEM past RLIMIT_MEMLOCK. */
-  #pin(maps: IoasMapping[]): number {
+  #pin(all: IoasMapping[]): number {
+    const maps = all.filter((m) => !m.file); // DMA-BUF pages are the exporter's: not pinned or counted
     if (maps.some((m) => !this.#userMemory(m.vaddr, m.length))) return err("EFAULT");
     const pinned = this.#ioases().filter((a) => a.hwpt !== undefined).flatMap((a) => [...a.mappings.values()])
-      .reduce((n, m) => n + this.#pages(m), 0n);
+      .filter((m) => !m.file).reduce((n, m) => n + this.#pages(m), 0n);
     const more = maps.reduce((n, m) => n + this.#pages(m), 0n);
     return this.memlock !== undefined && pinned + more > this.memlock ? err("ENOMEM") : 0;
   }
@@ -1253,6 +1541,7 @@ export class FakeSys implements Sys {
           allowed: [],
           devices: new Set(),
           hwpt: undefined,
+          noiommu: false,
         };
         ctx.objects.set(ioas.id, { kind: "ioas", ioas });
         s.set("out_ioas_id", ioas.id);
@@ -1270,6 +1559,10 @@ export class FakeSys implements Sys {
       }
       case "IOMMU_IOAS_MAP":
         return this.#ioasMap(ctx, arg);
+      case "IOMMU_IOAS_MAP_FILE":
+        return this.since("6.13") ? this.#ioasMap(ctx, arg, true) : err("ENOTTY");
+      case "IOMMU_IOAS_NOIOMMU_GET_PA":
+        return this.since("7.3") ? this.#getPa(ctx, arg) : err("ENOTTY");
       case "IOMMU_IOAS_UNMAP":
         return this.#ioasUnmap(ctx, arg);
       case "IOMMU_IOAS_IOVA_RANGES": {
@@ -1317,34 +1610,119 @@ export class FakeSys implements Sys {
     return err("ENOTTY");
   }
 
-  // iommufd_ioas_map, iopt_map_user_pages: iopt_check_iova, then the pinning into the domain.
-  #ioasMap(ctx: IommufdState, arg: Uint8Array | number): number {
-    const s = this.#iarg(I.iommu_ioas_map, arg);
+  // iommufd_ioas_map (iopt_map_user_pages) and iommufd_ioas_map_file (iopt_map_file_pages):
+  // iopt_check_iova, then the pinning into the domain.
+  #ioasMap(ctx: IommufdState, arg: Uint8Array | number, file = false): number {
+    const s = file ? this.#iarg(I.iommu_ioas_map_file, arg) : this.#iarg(I.iommu_ioas_map, arg);
     if (typeof s === "number") return s;
     const { IOMMU_IOAS_MAP_FIXED_IOVA: FIXED, IOMMU_IOAS_MAP_READABLE: R, IOMMU_IOAS_MAP_WRITEABLE: W } = I;
-    const [flags, vaddr, length, iova] = [s.get("flags"), s.get("user_va"), s.get("length"), s.get("iova")];
-    if (flags & ~(FIXED | R | W) || s.get("__reserved")) return err("EOPNOTSUPP");
+    const view = s.view;
+    // The two structs share every offset but the source's (user_va, or fd and start).
+    const [flags, length, iova] = [
+      view.getUint32(4, true),
+      view.getBigUint64(24, true),
+      view.getBigUint64(32, true),
+    ];
+    if (flags & ~(FIXED | R | W) || (!file && view.getUint32(12, true))) return err("EOPNOTSUPP");
     if (iova === U64_MAX || length === U64_MAX) return err("EOVERFLOW");
     if (!(flags & (R | W))) return err("EINVAL");
-    const ioas = this.#ioasOf(ctx, s.get("ioas_id"));
+    const ioas = this.#ioasOf(ctx, view.getUint32(8, true));
     if (!ioas) return err("ENOENT");
     if (!(flags & FIXED)) throw new Error("FakeSys: IOMMU_IOAS_MAP choosing the IOVA is not modelled");
     if (length === 0n) return err("EINVAL");
-    if (vaddr + length > U64_MAX || iova + length - 1n > U64_MAX) return err("EOVERFLOW");
+    let source: Pick<IoasMapping, "vaddr" | "file">;
+    if (file) {
+      const start = view.getBigUint64(16, true);
+      if (start + length - 1n > U64_MAX) return err("EOVERFLOW");
+      const e = this.#fds.get(view.getInt32(12, true));
+      if (!e) return err("EBADF");
+      // Only a VFIO PCI DMA-BUF (6.19+) among the files the fake has; the rest fail to pin.
+      if (e.kind !== "dmabuf" || !this.since("6.19")) return err("EINVAL");
+      const b = e.dmaBuf;
+      if (b.size <= start + length - 1n) return err("EINVAL");
+      if (b.revoked) return err("ENODEV");
+      if (b.ranges.length !== 1) return err("EOPNOTSUPP");
+      source = { vaddr: start, file: { dmaBuf: b, start } };
+    } else {
+      source = { vaddr: view.getBigUint64(16, true) };
+      if (source.vaddr + length > U64_MAX || iova + length - 1n > U64_MAX) return err("EOVERFLOW");
+    }
     const [align, last] = [this.#alignment(ioas), iova + length - 1n];
-    if (iova % align !== 0n || (vaddr % BigInt(this.pageSize)) % align !== 0n) return err("EINVAL");
+    if (iova % align !== 0n || (source.vaddr % BigInt(this.pageSize)) % align !== 0n) return err("EINVAL");
     if (this.#holes(this.#ioasRanges(ioas)).some((r) => r.start <= last && iova <= r.last)) {
       return err("EINVAL");
     }
     if ([...ioas.mappings.values()].some((m) => m.iova <= last && iova <= m.iova + m.length - 1n)) {
       return err("EEXIST");
     }
-    const m: IoasMapping = { iova, length, vaddr, flags };
+    const m: IoasMapping = { iova, length, flags, ...source };
     const pinned = ioas.hwpt === undefined ? 0 : this.#pin([m]);
     if (pinned) return pinned;
     ioas.mappings.set(iova, m);
-    s.set("iova", iova);
+    view.setBigUint64(32, iova, true);
     return 0;
+  }
+
+  // iommufd_ioas_noiommu_get_pa, iopt_get_phys.
+  #getPa(ctx: IommufdState, arg: Uint8Array | number): number {
+    const s = this.#iarg(I.iommu_ioas_noiommu_get_pa, arg);
+    if (typeof s === "number") return s;
+    if (this.uid !== 0) return err("EPERM"); // CAP_SYS_RAWIO
+    if (s.get("flags") || s.get("__reserved")) return err("EOPNOTSUPP");
+    const [iova, max] = [s.get("iova"), s.get("length")];
+    if (max === 0n) return err("EINVAL");
+    if (iova >= U64_MAX) return err("EOVERFLOW");
+    const ioas = this.#ioasOf(ctx, s.get("ioas_id"));
+    if (!ioas) return err("ENOENT");
+    const m = [...ioas.mappings.values()].find((x) => x.iova <= iova && iova <= x.iova + x.length - 1n);
+    if (!m) return err("ENOENT");
+    if (m.file?.dmaBuf.revoked) return err("EINVAL");
+    if (ioas.hwpt === undefined || !ioas.noiommu) return err("EOPNOTSUPP");
+    if (m.file) throw new Error("FakeSys: GET_PA of a DMA-BUF mapping is not modelled");
+    const page = BigInt(this.pageSize);
+    const physOf = (va: bigint) => {
+      const a = [...this.#maps.values()].find((x) =>
+        x.buffer && va >= x.address && va < x.address + BigInt(x.length)
+      )!;
+      const off = va - a.address;
+      return a.phys![Number(off / page)]! + (off % page);
+    };
+    const va = m.vaddr + (iova - m.iova);
+    const pa = physOf(va);
+    let length = page - (va % page);
+    const end = m.iova + m.length; // IOVA just past the mapping
+    while (length < max && iova + length < end && physOf(va + length) === pa + length) length += page;
+    if (iova + length > end) length = end - iova;
+    s.set("out_phys", pa).set("length", length < max ? length : max);
+    return 0;
+  }
+
+  // vfio_pci_core_feature_dma_buf; `data` starts at struct vfio_device_feature_dma_buf.
+  #exportDmaBuf(d: FakeDevice, data: Uint8Array): number {
+    const f = V.vfio_device_feature_dma_buf.at(data);
+    const n = f.get("nr_ranges");
+    if (!n || f.get("flags")) return err("EINVAL");
+    const index = f.get("region_index");
+    const region = d.regions[index];
+    if (index >= V.VFIO_PCI_ROM_REGION_INDEX || !region || region.size === 0) return err("ENODEV");
+    const at = V.vfio_device_feature_dma_buf.size, size = V.vfio_region_dma_range.size;
+    if (data.length < at + n * size) return err("EFAULT");
+    const ranges = Array.from({ length: n }, (_, i) => {
+      const r = V.vfio_region_dma_range.at(data, at + i * size);
+      return { offset: r.get("offset"), length: r.get("length") };
+    });
+    const page = BigInt(this.pageSize);
+    if (ranges.some((r) => !r.length || r.offset % page || r.length % page)) return err("EINVAL");
+    if (ranges.some((r) => r.offset + r.length > BigInt(region.size))) return err("EINVAL");
+    const dmaBuf: FakeDmaBuf = {
+      device: d,
+      region: index,
+      ranges,
+      size: ranges.reduce((a, r) => a + r.length, 0n),
+      revoked: false,
+    };
+    d.dmaBufs.push(dmaBuf);
+    return this.#newFd({ kind: "dmabuf", path: `dmabuf:${d.bdf} region ${index}`, dmaBuf });
   }
 
   // iommufd_ioas_unmap, iopt_unmap_iova_range: whole areas only, lowest first.
@@ -1433,18 +1811,32 @@ export class FakeSys implements Sys {
 
   // vfio_df_ioctl_bind_iommufd, then iommufd_device_bind.
   #bind(c: CdevState, arg: Uint8Array | number): number {
-    const s = this.#arg(V.vfio_device_bind_iommufd, arg, 12);
+    const s = this.#arg(V.vfio_device_bind_iommufd, arg, 16);
     if (typeof s === "number") return s;
-    if (s.get("flags") || s.get("iommufd") < 0) return err("EINVAL");
+    // Before 6.17 flags must be 0; since, VFIO_DEVICE_BIND_FLAG_TOKEN is the one flag.
+    const valid = this.since("6.17") ? V.VFIO_DEVICE_BIND_FLAG_TOKEN : 0;
+    if (s.get("flags") & ~valid || s.get("iommufd") < 0) return err("EINVAL");
     const d = c.device;
     const g = d.group === undefined ? undefined : this.#groups.get(d.group);
     if (g && (g.fd !== undefined || g.deviceFds > 0)) return err("EBUSY"); // vfio_device_block_group
     if (c.ctx) return err("EINVAL"); // this fd is bound already
+    if (this.since("6.17")) {
+      // vfio_df_check_token
+      let token: Uint8Array | undefined;
+      if (s.get("flags") & V.VFIO_DEVICE_BIND_FLAG_TOKEN) {
+        if (s.get("argsz") < 24) return err("EINVAL");
+        token = this.#userMemory(s.get("token_uuid_ptr"), 16n)?.slice();
+        if (!token) return err("EFAULT");
+      }
+      const matched = this.#matchToken(d, token);
+      if (matched) return matched;
+    }
     const e = this.#fds.get(s.get("iommufd"));
     if (!e) return err("EBADF");
     if (e.kind !== "iommufd") return err("EBADFD"); // iommufd_ctx_from_fd
     const bound = this.#boundCdevs();
     if (bound.some((o) => o.device === d)) return err("EINVAL"); // vfio_df_open: one cdev open
+    if (d.noiommu) return this.#bound(c, e.ctx, s); // iommufd_bind_noiommu: no group, no isolation
     if (!this.isolatedMsi) return err("EPERM"); // unless iommufd's allow_unsafe_interrupts
     // iommu_device_claim_dma_owner: a viable group that no other iommufd owns.
     const members = d.group === undefined
@@ -1454,10 +1846,15 @@ export class FakeSys implements Sys {
     if (d.group !== undefined && bound.some((o) => o.device.group === d.group && o.ctx !== e.ctx)) {
       return err("EPERM");
     }
-    c.ctx = e.ctx;
-    c.devid = e.ctx.nextId++;
-    e.ctx.objects.set(c.devid, { kind: "device", cdev: c });
+    return this.#bound(c, e.ctx, s);
+  }
+
+  #bound(c: CdevState, ctx: IommufdState, s: Struct<typeof V.vfio_device_bind_iommufd.fields>): number {
+    c.ctx = ctx;
+    c.devid = ctx.nextId++;
+    ctx.objects.set(c.devid, { kind: "device", cdev: c });
     s.set("out_devid", c.devid);
+    this.#deviceOpened(c.device);
     return 0;
   }
 
@@ -1470,9 +1867,11 @@ export class FakeSys implements Sys {
     if (!o) return err("ENOENT");
     if (o.kind === "device") return err("EINVAL");
     const ioas = o.ioas;
+    if (ioas.hwpt !== undefined && ioas.noiommu !== c.device.noiommu) return err("EINVAL"); // not compatible
     if (ioas.hwpt === undefined) {
       // The first device makes the domain: reserve what it cannot map, raise the alignment, pin.
-      const reserved = this.#holes(this.iovaRanges ?? [{ start: 0n, last: U64_MAX }]);
+      ioas.noiommu = c.device.noiommu;
+      const reserved = this.#holes(this.#domainRanges(ioas));
       const clash = (a: { start: bigint; last: bigint }) =>
         reserved.some((r) => r.start <= a.last && a.start <= r.last);
       const maps = [...ioas.mappings.values()];
@@ -1481,8 +1880,10 @@ export class FakeSys implements Sys {
       ) {
         return -EADDRINUSE; // iopt_reserve_iova
       }
-      const align = this.iovaPgsizes & -this.iovaPgsizes;
-      if (maps.some((m) => (m.iova | m.length | (m.vaddr % BigInt(this.pageSize))) % align !== 0n)) {
+      const align = this.#domainAlignment(ioas);
+      if (
+        maps.some((m) => (m.iova | m.length | (m.file ? 0n : m.vaddr % BigInt(this.pageSize))) % align !== 0n)
+      ) {
         return -EADDRINUSE; // iopt_check_iova_alignment
       }
       const pinned = this.#pin(maps);
@@ -1516,6 +1917,7 @@ export class FakeSys implements Sys {
     const ctx = c.ctx;
     if (!ctx) return;
     c.device.irqs.forEach((irq) => (irq.triggers = [])); // vfio_pci_core_close_device
+    this.#deviceClosed(c.device);
     this.#detachPt(c);
     ctx.objects.delete(c.devid);
     c.ctx = undefined;
