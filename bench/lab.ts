@@ -13,7 +13,8 @@
  * - diagnostics: `*.raw` (the accessor, or the ioctls/poll/read with prebuilt buffers, without the
  *   library's layers above them) and `irq.msi.wait0_next.*` (`irq.wait({ timeoutMs: 0 }) || await irq.next()`).
  *
- * - `dma.map_unmap_4k.cached_info`: the same with the IOMMU info read once (diagnostic).
+ * - `dma.map_unmap_4k.cached_info`: the same with the IOMMU info read once (diagnostic);
+ * - `dma.map_unmap_4k.live_N`: the same pair with N other mappings live (the scaling curve).
  *
  * `--part nvme` (0000:00:05.0), random 4 KiB reads over the whole namespace, IOPS:
  * - `nvme.randread4k.qd1`: `NvmeController.read()` from examples/nvme.ts, with MSI-X;
@@ -214,6 +215,37 @@ if (part === "edu") {
           delete (backend as { iommuPageSize?: unknown }).iommuPageSize;
           delete (backend as { iovaRanges?: unknown }).iovaRanges;
         }
+        sys.munmap(page, PAGE);
+      }
+    });
+  }
+
+  // Scaling: one map+unmap pair while 1, 1,000, 10,000 or 60,000 other mappings are live (one page
+  // mapped at many IOVAs; type1's default dma_entry_limit is 65,535). The bookkeeping's overlap check
+  // is O(log n), so the curve should stay flat.
+  for (const live of [1, 1_000, 10_000, 60_000]) {
+    await section(`dma.map_unmap_4k.live_${live}`, () => {
+      const page = sys.mmap(PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+      if (page < 0n) throw new Error(`Cannot mmap a page (${page})`);
+      const base = 0x1000_0000n, probe = 0x100000n;
+      let mapped = 0;
+      try {
+        for (; mapped < live; mapped++) backend.mapDma(page, base + BigInt(mapped) * BigInt(PAGE), PAGE);
+        const ns = timeOps((n) => {
+          for (let i = 0; i < n; i++) {
+            backend.mapDma(page, probe, PAGE);
+            backend.unmapDma(probe, PAGE);
+          }
+        }, o);
+        emit({
+          bench: `dma.map_unmap_4k.live_${live}`,
+          baseline: "dma.map_unmap_4k",
+          unit: "pairs/s",
+          samples: ns.map((x) => 1e9 / x),
+          note: `${backend.kind}, with ${live} other mappings live`,
+        });
+      } finally {
+        for (let i = 0; i < mapped; i++) backend.unmapDma(base + BigInt(i) * BigInt(PAGE), PAGE);
         sys.munmap(page, PAGE);
       }
     });

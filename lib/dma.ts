@@ -227,11 +227,8 @@ export class DmaPool implements Disposable {
 
   // IOVAs mapped by anyone else through the backend (a direct mapDma) are stepped over.
   readonly #taken = (start: bigint, last: bigint): bigint | undefined => {
-    for (const [at, size] of this.backend.mappings) {
-      const end = at + BigInt(size) - 1n;
-      if (start <= end && at <= last) return end;
-    }
-    return undefined;
+    const hit = this.backend.findMapping(start, Number(last - start + 1n));
+    return hit && hit.iova + BigInt(hit.size) - 1n;
   };
 
   /** The IOVA allocator, for inspection. */

@@ -5,6 +5,7 @@
  * @module
  */
 import { onDeviceClose, VfioDevice } from "./device.ts";
+import { IovaIntervals } from "./iova_tree.ts";
 import { runAll, UnsupportedError } from "./errors.ts";
 import { VFIO_PCI_BAR5_REGION_INDEX } from "./uapi/vfio.ts";
 import { canonicalVfToken } from "./vf_token.ts";
@@ -141,8 +142,16 @@ export interface IommuBackend extends Disposable {
   readonly iommuPageSize: number;
   /** Whether {@link close} has run. */
   readonly closed: boolean;
-  /** The live mappings this backend made: IOVA → size in bytes. */
+  /** The live mappings this backend made: IOVA → size in bytes, in IOVA order. */
   readonly mappings: ReadonlyMap<bigint, number>;
+  /**
+   * The live mapping that overlaps a range, found in O(log n).
+   *
+   * @param iova The range's start.
+   * @param size Its size in bytes, positive.
+   * @returns The mapping's IOVA and size, or undefined when the range is free.
+   */
+  findMapping(iova: bigint, size: number): { iova: bigint; size: number } | undefined;
   /**
    * Maps `size` bytes of process memory at `vaddr` to `iova`.
    *
@@ -342,7 +351,7 @@ export abstract class IommuBase implements IommuBackend {
   abstract readonly kind: string;
   abstract readonly translates: boolean;
   /** Live mappings: IOVA → size. */
-  readonly #mappings = new Map<bigint, number>();
+  readonly #mappings = new IovaIntervals();
   /** Devices opened through {@link openDevice}, closed with the backend. */
   protected readonly devices: Set<VfioDevice> = new Set();
   readonly #onClose: (() => void)[] = [];
@@ -378,9 +387,13 @@ export abstract class IommuBase implements IommuBackend {
     return this.#closed;
   }
 
-  /** The live mappings, IOVA → size in bytes. */
+  /** The live mappings, IOVA → size in bytes, in IOVA order. */
   get mappings(): ReadonlyMap<bigint, number> {
     return this.#mappings;
+  }
+
+  findMapping(iova: bigint, size: number): { iova: bigint; size: number } | undefined {
+    return this.#mappings.overlapping(iova, size);
   }
 
   mapDma(vaddr: bigint, iova: bigint, size: number, access: DmaAccess = {}): void {
@@ -409,7 +422,7 @@ export abstract class IommuBase implements IommuBackend {
     }
     this.#checkPlace(iova, len);
     this.ops.map(vaddr, iova, size, { read, write });
-    this.#mappings.set(iova, size);
+    this.#mappings.add(iova, size);
   }
 
   // The IOVA range must lie inside the IOMMU's ranges and clear of every mapping.
@@ -422,12 +435,13 @@ export abstract class IommuBase implements IommuBackend {
           ranges.map((r) => `${hex(r.start)}..${hex(r.last)}`).join(", "),
       );
     }
-    for (const [at, n] of this.#mappings) {
-      if (iova <= at + BigInt(n) - 1n && at <= last) {
-        throw new RangeError(
-          `Cannot map DMA at iova ${hex(iova)}: it overlaps the mapping at ${hex(at)} (size ${hex(n)})`,
-        );
-      }
+    const hit = this.#mappings.overlapping(iova, Number(len));
+    if (hit) {
+      throw new RangeError(
+        `Cannot map DMA at iova ${hex(iova)}: it overlaps the mapping at ${hex(hit.iova)} (size ${
+          hex(hit.size)
+        })`,
+      );
     }
   }
 
@@ -452,7 +466,7 @@ export abstract class IommuBase implements IommuBackend {
   ): void {
     const checked = this.#checkRange(what, iova, size, access);
     map(checked);
-    this.#mappings.set(iova, size);
+    this.#mappings.add(iova, size);
   }
 
   #checkRange(what: string, iova: bigint, size: number, access: DmaAccess): Required<DmaAccess> {
@@ -517,7 +531,7 @@ export abstract class IommuBase implements IommuBackend {
     }
     const access = this.#checkRange(what, iova, length, options);
     const release = this.ops.mapPeer(device, regionIndex, offset, length, iova, access);
-    this.#mappings.set(iova, length);
+    this.#mappings.add(iova, length);
     const unhooks: (() => void)[] = [];
     const mapping = new PeerMapping(iova, length, device, regionIndex, offset, () => {
       for (const unhook of unhooks.splice(0)) unhook();
@@ -541,7 +555,8 @@ export abstract class IommuBase implements IommuBackend {
     const end = typeof iova === "bigint" && Number.isSafeInteger(size) && size > 0
       ? iova + BigInt(size)
       : -1n;
-    const inside = [...this.#mappings].some(([at, n]) => iova >= at && end <= at + BigInt(n));
+    const hit = end < 0n ? undefined : this.#mappings.overlapping(iova, size);
+    const inside = hit !== undefined && iova >= hit.iova && end <= hit.iova + BigInt(hit.size);
     if (end < 0n || !inside) {
       throw new RangeError(
         `Cannot get the bus address of iova ${typeof iova === "bigint" ? hex(iova) : iova} (size ${size}): ` +

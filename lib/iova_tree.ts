@@ -28,8 +28,11 @@ interface Chunk {
   sizes: number[];
 }
 
-/** An ordered set of disjoint IOVA intervals, each with its size in bytes. */
-export class IovaIntervals {
+/**
+ * An ordered set of disjoint IOVA intervals, each with its size in bytes. It reads as a
+ * `ReadonlyMap` of IOVA → size, in ascending IOVA order.
+ */
+export class IovaIntervals implements ReadonlyMap<bigint, number> {
   #chunks: Chunk[] = [];
   #size = 0;
 
@@ -65,13 +68,16 @@ export class IovaIntervals {
   /**
    * An interval overlapping `[iova, iova + size)`, if any.
    *
-   * @param iova The range's start, 4 KiB-aligned.
-   * @param size Its size in bytes, a positive multiple of 4 KiB.
+   * @param iova The range's start.
+   * @param size Its size in bytes, positive.
    * @returns The overlapping interval's IOVA and size, or undefined.
    */
   overlapping(iova: bigint, size: number): { iova: bigint; size: number } | undefined {
     if (this.#size === 0) return undefined;
-    const first = pageOf(iova), last = first + size / PAGE - 1;
+    const first = pageOf(iova);
+    const last = size % PAGE === 0 && (Number(iova & 0xfffn) === 0)
+      ? first + size / PAGE - 1
+      : pageOf(iova + BigInt(size - 1));
     // The interval starting at or before `last` with the greatest start: if any interval overlaps,
     // this one does, since intervals are disjoint and sorted.
     let ci = this.#chunkFor(last);
@@ -161,9 +167,43 @@ export class IovaIntervals {
   }
 
   /** The intervals in ascending order, as [IOVA, size] pairs. */
-  *entries(): IterableIterator<[bigint, number]> {
+  *entries(): MapIterator<[bigint, number]> {
     for (const c of this.#chunks) {
       for (let i = 0; i < c.iovas.length; i++) yield [c.iovas[i]!, c.sizes[i]!];
     }
+  }
+
+  /** The IOVAs, ascending. */
+  *keys(): MapIterator<bigint> {
+    for (const [iova] of this.entries()) yield iova;
+  }
+
+  /** The sizes, in IOVA order. */
+  *values(): MapIterator<number> {
+    for (const [, size] of this.entries()) yield size;
+  }
+
+  /**
+   * Whether an interval starts exactly at `iova`.
+   *
+   * @param iova The start.
+   * @returns Whether there is one.
+   */
+  has(iova: bigint): boolean {
+    return this.get(iova) !== undefined;
+  }
+
+  /**
+   * Calls `fn` for each interval, in IOVA order.
+   *
+   * @param fn Receives the size, the IOVA and the set.
+   */
+  forEach(fn: (size: number, iova: bigint, map: ReadonlyMap<bigint, number>) => void): void {
+    for (const [iova, size] of this.entries()) fn(size, iova, this);
+  }
+
+  /** The intervals in ascending order, as [IOVA, size] pairs. */
+  [Symbol.iterator](): MapIterator<[bigint, number]> {
+    return this.entries();
   }
 }
