@@ -11,6 +11,7 @@ import {
   existsSync,
   mkdirSync,
   mkdtempSync,
+  readdirSync,
   readFileSync,
   readlinkSync,
   rmSync,
@@ -20,7 +21,7 @@ import { basename } from "node:path";
 import process from "node:process";
 import { VfioGroup } from "../../lib/group.ts";
 import { openPciDevice } from "../../lib/open.ts";
-import { BLOCKER, CONFIG, EDU, EDU2, HAS_IOMMU, NVME, sys } from "./_fixture.ts";
+import { BLOCKER, EDU, EDU2, HAS_IOMMU, NVME, sys } from "./_fixture.ts";
 
 const SLOW = { timeout: 120_000 };
 const REPO = new URL("../../", import.meta.url).pathname;
@@ -30,8 +31,17 @@ const IS_DENO = "Deno" in globalThis;
 const RUN = IS_DENO ? ["run", "--allow-ffi"] : [];
 const PKG = JSON.parse(readFileSync(`${REPO}package.json`, "utf8"));
 const PCI = "/sys/bus/pci/devices";
-/** What chooseBackend picks in each lab configuration: iommufd only where the kernel has cdevs. */
-const BACKEND = CONFIG === "custom-intel" ? "iommufd" : "legacy";
+const listDir = (dir: string): string[] => {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
+};
+/** The device cdevs the kernel made (vfioN; noiommu-vfioN without an IOMMU, Linux 7.3+). */
+const CDEVS = listDir("/dev/vfio/devices");
+/** What chooseBackend must pick: iommufd where the kernel has /dev/iommu and device cdevs. */
+const BACKEND = listDir("/dev").includes("iommu") && CDEVS.length > 0 ? "iommufd" : "legacy";
 
 // deno-lint-ignore no-explicit-any
 type Json = any; // parsed CLI output; its shape is what the tests check
@@ -91,8 +101,8 @@ test("cli list: the lab devices with their IDs, groups, drivers and VFIO status"
     const d = get(bdf);
     assert.equal(d.iommuGroup, groupOf(bdf), `${bdf} group`);
     assert.equal(d.driver, driverOf(bdf), `${bdf} driver`);
-    // Device cdevs exist only with CONFIG_VFIO_DEVICE_CDEV and an IOMMU: the custom kernel's VT-d mode.
-    const cdev = CONFIG === "custom-intel" && bdf !== BLOCKER;
+    // A device has a cdev when the kernel made a node for the vfio-dev entry sysfs lists for it.
+    const cdev = listDir(`${PCI}/${bdf}/vfio-dev`).some((n) => CDEVS.includes(n));
     assert.equal(d.vfio.cdev !== null, cdev, `${bdf} cdev ${d.vfio.cdev}`);
     if (cdev) assert.ok(existsSync(d.vfio.cdev), d.vfio.cdev);
   }

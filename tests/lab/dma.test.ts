@@ -23,8 +23,8 @@ async function eduDma(bar0: Registers, src: bigint, dst: bigint, count: number, 
 }
 
 if (!HAS_IOMMU) {
-  test("noiommu: DMA mapping is refused with an explanation", () => {
-    using v = openPciDevice(sys, EDU);
+  test("noiommu: DMA mapping through the legacy no-IOMMU container is refused with an explanation", () => {
+    using v = openPciDevice(sys, EDU, { backend: "legacy" });
     assert.equal(v.backend.kind, "noiommu");
     assert.equal(v.backend.translates, false);
     assert.throws(() => v.dma.alloc(4096), (e: unknown) => {

@@ -11,7 +11,8 @@ import process from "node:process";
 const env = process.env;
 const kernel = env.VFIO_TS_LAB_KERNEL;
 const iommu = env.VFIO_TS_LAB_IOMMU;
-const custom = kernel === "custom";
+const custom = kernel === "custom" || kernel === "custom7"; // built here with IOMMUFD and the cdev
+const linux7 = kernel === "custom7" || kernel === "stock7";
 const noiommu = iommu === "none";
 const skip = env.VFIO_TS_LAB === "1" ? false : "runs only inside the lab guest (scripts/lab/run.sh)";
 
@@ -23,6 +24,15 @@ const RNG = "0000:00:06.1"; // virtio-rng, stays on virtio-pci
 const ROOT_PORT = "0000:00:07.0"; // PCIe root port, on pcieport
 const EDU3 = "0000:01:00.0"; // edu alone behind ROOT_PORT, so a bus reset is possible
 const VFIO_DEVICES = [EDU, NVME, EDU2, EDU3];
+/** Every device the harness bound to vfio-pci (the ones above, plus the 7.x lab's peer edu and NICs). */
+const vfioBound = () =>
+  readdirSync(PCI).filter((bdf) => {
+    try {
+      return basename(readlinkSync(`${PCI}/${bdf}/driver`)) === "vfio-pci";
+    } catch {
+      return false;
+    }
+  });
 
 function link(path: string): string | undefined {
   try {
@@ -37,9 +47,9 @@ const attr = (bdf: string, name: string) => readFileSync(`${PCI}/${bdf}/${name}`
 const groupMembers = (group: string) => readdirSync(`/sys/kernel/iommu_groups/${group}/devices`).sort();
 
 test("lab env: names a known configuration", { skip }, () => {
-  assert.ok(kernel === "stock" || kernel === "custom", `VFIO_TS_LAB_KERNEL=${kernel}`);
+  assert.ok(["stock", "custom", "stock7", "custom7"].includes(kernel ?? ""), `VFIO_TS_LAB_KERNEL=${kernel}`);
   assert.ok(iommu === "intel" || iommu === "none", `VFIO_TS_LAB_IOMMU=${iommu}`);
-  assert.ok(!(kernel === "stock" && noiommu), "the stock kernel has no noiommu mode");
+  assert.ok(!(kernel?.startsWith("stock") && noiommu), "the stock kernels have no noiommu mode");
   if (env.VFIO_TS_LAB_CONFIG) {
     assert.equal(env.VFIO_TS_LAB_CONFIG, `${kernel}-${noiommu ? "noiommu" : "intel"}`);
   }
@@ -125,7 +135,7 @@ test("lab iommufd: /dev/iommu exists exactly on the custom kernel", { skip }, ()
   assert.equal(existsSync("/dev/iommu"), custom);
 });
 
-test("lab cdev: /dev/vfio/devices/vfioN per device on custom-intel", { skip }, () => {
+test("lab cdev: a /dev/vfio/devices node per vfio-pci device on the custom kernels", { skip }, () => {
   if (!custom) {
     assert.equal(existsSync("/dev/vfio/devices"), false);
     return;
@@ -133,12 +143,17 @@ test("lab cdev: /dev/vfio/devices/vfioN per device on custom-intel", { skip }, (
   for (const bdf of VFIO_DEVICES) {
     const names = readdirSync(`${PCI}/${bdf}/vfio-dev`);
     assert.equal(names.length, 1, `${bdf}/vfio-dev`);
-    // Linux 6.12 makes no cdev node for noiommu devices (sysfs still lists vfio-dev/vfioN).
-    if (!noiommu) assert.ok(existsSync(`/dev/vfio/devices/${names[0]}`), `/dev/vfio/devices/${names[0]}`);
+    // With an IOMMU: vfioN. Without one, Linux 6.12 makes no cdev (sysfs still lists vfio-dev/vfioN)
+    // and 7.3 makes noiommu-vfioN.
+    if (!noiommu || linux7) {
+      assert.match(names[0]!, noiommu ? /^noiommu-vfio\d+$/ : /^vfio\d+$/);
+      assert.ok(existsSync(`/dev/vfio/devices/${names[0]}`), `/dev/vfio/devices/${names[0]}`);
+    }
   }
 });
 
 test("lab noiommu: /dev/vfio/noiommu-N nodes exist only in noiommu mode", { skip }, () => {
   const nodes = readdirSync("/dev/vfio").filter((n) => n.startsWith("noiommu-"));
-  assert.equal(nodes.length, noiommu ? VFIO_DEVICES.length : 0, `nodes: ${nodes}`);
+  assert.equal(nodes.length, noiommu ? vfioBound().length : 0, `nodes: ${nodes}`);
+  if (noiommu) assert.ok(VFIO_DEVICES.every((d) => vfioBound().includes(d)));
 });
