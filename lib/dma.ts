@@ -156,6 +156,10 @@ export class DmaBuffer implements Disposable {
   }
 }
 
+// How many times no-IOMMU allocation takes new memory when the kernel's pages lie above the device's
+// limit (edu's 28-bit mask in a 2 GiB guest: roughly one page in eight is low enough).
+const UNREACHABLE_TRIES = 64;
+
 // The largest single buffer: 64 GiB, far above any device's need, and below what the bookkeeping
 // in numbers (the library's rule for sizes) can carry.
 const MAX_DMA_ALLOC = 2 ** 36;
@@ -275,31 +279,31 @@ export class DmaPool implements Disposable {
     this.#syncRanges();
     const unit = BigInt(Math.max(huge ?? this.sys.pageSize, this.backend.iommuPageSize));
     const length = Number(alignUp(BigInt(size), unit));
-    // The IOVA first: running out of IOVA space must not cost an mmap of the whole size.
-    const iova = this.#allocator.alloc(length, {
-      align: Number(unit),
-      avoid: this.#taken,
-      ...(this.options.limit !== undefined ? { limit: this.options.limit } : {}),
-    });
     const flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE |
       (huge ? MAP_HUGETLB | (Math.log2(huge) << MAP_HUGE_SHIFT) : 0);
-    const vaddr = this.#mapMemory(length, Number(unit), flags, huge);
-    let bus: bigint;
+    // Without an IOMMU the device is given physical addresses, which the kernel picks: memory that
+    // lands above the device's limit is held aside (so the next try gets other pages) and released
+    // once a reachable page is found, or the tries run out.
+    const rejected: (() => void)[] = [];
+    let iova: bigint, vaddr: bigint, bus: bigint;
     try {
-      this.backend.mapDma(vaddr, iova, length, options);
-    } catch (e) {
-      this.#allocator.free(iova, length);
-      this.sys.munmap(vaddr, length);
-      throw e;
-    }
-    try {
-      bus = this.#busAddress(iova, length);
-    } catch (e) {
-      runAll("DMA memory", [() => this.backend.unmapDma(iova, length), () => {
-        this.#allocator.free(iova, length);
-        check(this.sys.munmap(vaddr, length), { op: "munmap", action: "free DMA memory" });
-      }]);
-      throw e;
+      for (let attempt = 1;; attempt++) {
+        ({ iova, vaddr } = this.#mapOne(length, Number(unit), flags, huge, options));
+        const unmapOne = (at: bigint, va: bigint) => () =>
+          runAll("DMA memory", [() => this.backend.unmapDma(at, length), () => {
+            this.#allocator.free(at, length);
+            check(this.sys.munmap(va, length), { op: "munmap", action: "free DMA memory" });
+          }]);
+        try {
+          bus = this.#busAddress(iova, length);
+          break;
+        } catch (e) {
+          rejected.push(unmapOne(iova, vaddr));
+          if (!(e instanceof RangeError) || attempt >= UNREACHABLE_TRIES) throw e;
+        }
+      }
+    } finally {
+      runAll("DMA memory", rejected);
     }
     const at = iova;
     // SAFETY: [vaddr, vaddr+length) was just mapped above and stays mapped until free() below,
@@ -333,6 +337,37 @@ export class DmaPool implements Disposable {
     }, volatile);
     this.#buffers.add(buf);
     return buf;
+  }
+
+  // An IOVA, memory, and the mapping between them; nothing stays allocated when a step fails.
+  #mapOne(
+    length: number,
+    unit: number,
+    flags: number,
+    huge: number | undefined,
+    access: DmaAccess,
+  ): { iova: bigint; vaddr: bigint } {
+    // The IOVA first: running out of IOVA space must not cost an mmap of the whole size.
+    const iova = this.#allocator.alloc(length, {
+      align: unit,
+      avoid: this.#taken,
+      ...(this.options.limit !== undefined && this.backend.translates ? { limit: this.options.limit } : {}),
+    });
+    let vaddr: bigint;
+    try {
+      vaddr = this.#mapMemory(length, unit, flags, huge);
+    } catch (e) {
+      this.#allocator.free(iova, length);
+      throw e;
+    }
+    try {
+      this.backend.mapDma(vaddr, iova, length, access);
+    } catch (e) {
+      this.#allocator.free(iova, length);
+      this.sys.munmap(vaddr, length);
+      throw e;
+    }
+    return { iova, vaddr };
   }
 
   // What the device is given: the IOVA, or without an IOMMU the physical address, which must then
