@@ -5,7 +5,8 @@
 # 2. mounts the host's root read-only over virtio-9p and chroots into it, so host glibc, deno and bun
 #    work unchanged; the repo (tag "work") and this run's directory (tag "run") are mounted read-write
 #    at their host paths;
-# 3. binds the devices listed in guest.conf to vfio-pci by BDF;
+# 3. binds the devices listed in guest.conf to vfio-pci by BDF (VFs of a vfio-bound PF, made later
+#    through sriov_numvfs, are bound to vfio-pci by the kernel itself);
 # 4. runs the command, then reports its status in <run>/rc and through isa-debug-exit, and powers off.
 # Lines it prints start with "lab-guest:" so they stand out in the console log.
 /bin/busybox --install -s /bin
@@ -26,8 +27,16 @@ report() {
 die() { log "error: $*"; report 125; }
 
 # Modules first: virtio_pci carries the 9p shares.
+# busybox modprobe ignores module options on the kernel command line (vfio-pci.enable_sriov=1), so
+# they are passed here.
 if [ -f /etc/modules.load ]; then
-  for m in $(cat /etc/modules.load); do modprobe "$m" || log "modprobe $m failed"; done
+  for m in $(cat /etc/modules.load); do
+    mod=$(echo "$m" | tr - _)
+    opts=$(for w in $(cat /proc/cmdline); do
+      k=${w%%=*}; case $(echo "${k%%.*}" | tr - _) in "$mod") [ "$k" != "$w" ] && echo "${w#*.}" ;; esac
+    done)
+    modprobe "$m" $opts || log "modprobe $m $opts failed"
+  done
 fi
 
 o=trans=virtio,version=9p2000.L,msize=512000
@@ -91,8 +100,12 @@ for bdf in $BIND; do
 done
 for d in /sys/bus/pci/devices/*; do
   drv=$(readlink $d/driver); grp=$(readlink $d/iommu_group)
-  log "${d##*/} [$(cat $d/vendor):$(cat $d/device)] driver=${drv##*/} iommu_group=${grp##*/}"
+  # SR-IOV PFs (the igb ports): how many VFs they offer (VFs come only when sriov_numvfs is written).
+  vfs=; [ -f $d/sriov_totalvfs ] && vfs=" sriov_totalvfs=$(cat $d/sriov_totalvfs)"
+  log "${d##*/} [$(cat $d/vendor):$(cat $d/device)] driver=${drv##*/} iommu_group=${grp##*/}$vfs"
 done
+[ -f /sys/module/vfio_pci/parameters/enable_sriov ] && \
+  log "vfio-pci enable_sriov=$(cat /sys/module/vfio_pci/parameters/enable_sriov)"
 for bdf in $BIND; do
   drv=$(readlink /sys/bus/pci/devices/$bdf/driver)
   [ "${drv##*/}" = vfio-pci ] || log "WARNING: $bdf is not bound to vfio-pci (driver: ${drv##*/})"

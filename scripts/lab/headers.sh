@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Install (once per machine) the uapi headers of the lab kernel, Debian's linux-source-6.12, for the
-# conformance test to compile against: the distro's linux-libc-dev is older and lacks iommufd.h and the
-# newer VFIO ioctls. The result is cached under $VFIO_LAB_CACHE/headers/<key>/include; the key covers
-# the source tarball and this script's recipe, so a new tarball installs new headers.
+# Install (once per machine) the uapi headers of a lab kernel line, for the conformance test to compile
+# against: the distro's linux-libc-dev is older and lacks iommufd.h and the newer VFIO ioctls.
+#   headers.sh 6.12   Debian 12's linux-source-6.12 (the default)
+#   headers.sh 7.3    linux-source-7.3 from trixie-backports (downloaded into the cache, not installed)
+# The result is cached under $VFIO_LAB_CACHE/headers/<key>/include; the key covers the source tarball and
+# this script's recipe, so a new tarball installs new headers.
 # Prints the include directory on stdout; progress goes to stderr.
 #
 # Only the part of the tree that `make headers` reads is unpacked (about 35 MB of the 1.5 GB), and
@@ -13,9 +15,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 RECIPE=1 # bump when the steps below change what ends up in the include dir
 
-lab_need_apt linux-source-6.12 make gcc libc6-dev xz-utils
-src=$(ls /usr/src/linux-source-6.12.tar.* 2>/dev/null | head -1)
-[ -n "$src" ] || lab_die "linux-source-6.12 installed no tarball under /usr/src"
+LINE=${1:-6.12}
+case $LINE in 6.12|7.3) ;; *) lab_die "usage: headers.sh [6.12|7.3]" ;; esac
+lab_need_apt make gcc libc6-dev xz-utils
+src=$(lab_kernel_source "$LINE") || lab_die "cannot get the $LINE kernel source"
 
 # The kernel's name for the host architecture: the headers' asm/ must match the compiler's target.
 case "$(uname -m)" in
@@ -41,7 +44,7 @@ rm -rf "$work" "$dir.tmp"
 mkdir -p "$work" "$dir.tmp"
 trap 'rm -rf "$work" "$dir.tmp"' EXIT
 
-lab_log "installing the 6.12 uapi headers from $src (once)"
+lab_log "installing the $LINE uapi headers from $src (once)"
 top=$(tar tf "$src" 2>/dev/null | head -1 | cut -d/ -f1) || true
 [ -n "$top" ] || lab_die "cannot list $src"
 # `make headers` needs the top Makefile and scripts/ (Kbuild, unifdef), the uapi trees, the arch dir

@@ -2,11 +2,15 @@
 # Boot one throwaway QEMU guest with real VFIO and run a shell command inside it, in the repo.
 #
 # usage: scripts/lab/run.sh [options] [--] 'shell command'
-#   --kernel stock|custom   stock: Debian's linux-image-6.12.*-amd64-unsigned from bookworm-security
-#                           (legacy container/group API only); custom: scripts/lab/kernel.sh's build with
-#                           IOMMUFD, the vfio device cdev and noiommu. Env VFIO_LAB_KERNEL; default stock.
+#   --kernel stock|stock7|custom|custom7
+#                           stock: Debian's linux-image-6.12.*-amd64-unsigned from bookworm-security (legacy
+#                           container/group API only); stock7: Debian's newest 7.x from trixie-backports
+#                           (legacy only, plus the dma-buf export); custom: `scripts/lab/kernel.sh 6.12`,
+#                           Debian's 6.12 source with IOMMUFD, the vfio device cdev and noiommu; custom7:
+#                           `kernel.sh 7.3`, Debian's 7.3 source with the same plus the VFIO PCI dma-buf
+#                           export. Env VFIO_LAB_KERNEL; default stock.
 #   --iommu intel|none      intel: emulated VT-d with interrupt remapping, guest intel_iommu=on;
-#                           none: no IOMMU, guest vfio.enable_unsafe_noiommu_mode=1 (custom kernel only).
+#                           none: no IOMMU, guest vfio.enable_unsafe_noiommu_mode=1 (custom kernels only).
 #                           Env VFIO_LAB_IOMMU; default intel.
 #   --timeout SECONDS       wall-clock limit for the whole guest, boot included. Env VFIO_LAB_TIMEOUT;
 #                           default 900.
@@ -19,7 +23,7 @@
 # repo's pinned runtimes work unchanged. The repo is shared read-write (uncached) and the command runs
 # there under bash, with stdin at /dev/null. Its environment:
 #   HOME=/tmp DENO_DIR=/tmp/deno-dir PATH=/run/vfio-ts/bin:<system dirs> (deno and bun from node_modules)
-#   VFIO_TS_LAB=1 VFIO_TS_LAB_KERNEL=stock|custom VFIO_TS_LAB_IOMMU=intel|none
+#   VFIO_TS_LAB=1 VFIO_TS_LAB_KERNEL=stock|stock7|custom|custom7 VFIO_TS_LAB_IOMMU=intel|none
 #   VFIO_TS_NVME_IMAGE=<host path of the NVMe backing image, 64 MiB of zeros at boot, readable in the guest>
 #   plus every VFIO_TS_* variable set by the caller.
 #
@@ -31,12 +35,20 @@
 #                 (hot) reset is possible                             -> vfio-pci
 #   0000:00:06.1  virtio-rng 1af4:1005, left on virtio-pci. Conventional PCI functions without ACS
 #                 share an IOMMU group, so the group of 00:06.0 is not viable under intel-iommu.
+#   0000:00:08.0  QEMU edu 1234:11e8, a peer for 00:04.0 (peer-to-peer DMA)  -> vfio-pci
+#   0000:00:0a.0  Intel 82576 (QEMU igb) 8086:10c9, MAC 52:54:00:12:34:0a    -> vfio-pci
+#   0000:00:0c.0  the same, MAC 52:54:00:12:34:0c. Both ports sit on one QEMU hub, so what one sends
+#                 the other receives. Each is an SR-IOV PF with up to 8 VFs (8086:10ca), which appear at
+#                 devfn + 0x80, stride 2 (00:1a.0-00:1b.6 and 00:1c.0-00:1d.6) once sriov_numvfs is
+#                 written; the guest boots with vfio-pci.enable_sriov=1, so that works on the vfio-bound
+#                 PF and the VFs come up on vfio-pci too (kernels with CONFIG_PCI_IOV: all but custom).
 #
 # Exit status: the command's; 124 when the guest timed out; 125 when the guest never reported a
 # status (boot failure, kernel panic, QEMU error); 1 when the host side failed (kernel fetch or build,
 # an impossible combination), with a "lab: error:" line; 2 on bad usage. The console streams to stderr and a
 # copy stays in $VFIO_LAB_CACHE/logs/<name>.log (older runs: <name>-<time>.log).
-# Host needs: apt (installs qemu-system-x86 busybox-static cpio kmod xz-utils zstd when missing).
+# Host needs: apt (installs busybox-static cpio kmod xz-utils zstd when missing) and QEMU 10 or newer
+# (QEMU 7.2 has no igb): on Debian 12 it is installed from bookworm-backports when older.
 # KVM is not used: nested hosts fail with stock kernels, and TCG boots in a few seconds.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -50,7 +62,7 @@ NAME=${VFIO_LAB_NAME:-}
 MEM=${VFIO_LAB_MEM:-2048}
 KEEP=${VFIO_LAB_KEEP:-0}
 QUIET=${VFIO_LAB_QUIET:-0}
-BIND="0000:00:04.0 0000:00:05.0 0000:00:06.0 0000:01:00.0"
+BIND="0000:00:04.0 0000:00:05.0 0000:00:06.0 0000:01:00.0 0000:00:08.0 0000:00:0a.0 0000:00:0c.0"
 NVME_SIZE=64M
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
@@ -72,15 +84,36 @@ parse_args() {
   done
   [ $# -eq 1 ] || usage
   CMD=$1
-  case $KERNEL in stock|custom) ;; *) echo "lab: --kernel must be stock or custom" >&2; usage ;; esac
+  case $KERNEL in stock|stock7|custom|custom7) ;; *) echo "lab: --kernel must be stock, stock7, custom or custom7" >&2; usage ;; esac
   case $IOMMU in intel|none) ;; *) echo "lab: --iommu must be intel or none" >&2; usage ;; esac
-  [ "$KERNEL-$IOMMU" != stock-none ] || lab_die "noiommu mode needs the custom kernel: Debian's stock kernel has no CONFIG_VFIO_NOIOMMU"
+  case $KERNEL-$IOMMU in stock*-none) lab_die "noiommu mode needs a custom kernel: Debian's stock kernels have no CONFIG_VFIO_NOIOMMU" ;; esac
   case $TIMEOUT in ''|*[!0-9]*) lab_die "--timeout takes whole seconds" ;; esac
   NAME=${NAME:-$KERNEL-$IOMMU}
 }
 
+QEMU_MIN=10
+qemu_major() { qemu-system-x86_64 --version 2>/dev/null | sed -n '1s/.*version \([0-9]*\)\..*/\1/p'; }
+
 host_tools() {
-  lab_need_apt qemu-system-x86 busybox-static cpio kmod xz-utils zstd
+  lab_need_apt busybox-static cpio kmod xz-utils zstd
+  local major codename pkgs p
+  major=$(qemu_major)
+  if [ "${major:-0}" -lt "$QEMU_MIN" ]; then
+    codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+    [ "$codename" = bookworm ] || lab_die "the lab needs QEMU $QEMU_MIN or newer (qemu-system-x86_64: ${major:-not installed}); install it"
+    # QEMU 10 from bookworm-backports, installed whole: every installed package of the qemu source
+    # moves with it (a 10.0 binary refuses 7.2's modules), and no recommends (they would upgrade mesa).
+    lab_log "QEMU ${major:-(none)} is too old for the lab (igb needs 8, the lab is tested on 10): installing qemu-system-x86 from bookworm-backports"
+    lab_apt_suite bookworm-backports
+    pkgs=""
+    for p in $(dpkg-query -W -f='${db:Status-Abbrev} ${Package} ${source:Package}\n' 2>/dev/null \
+      | awk '$1 == "ii" && $3 == "qemu" && $2 != "qemu-system-x86" {print $2}'); do
+      apt-cache policy -t bookworm-backports "$p" 2>/dev/null | grep -q '^  Candidate: .*~bpo12' && pkgs+=" $p"
+    done
+    lab_need_apt_from bookworm-backports qemu-system-x86 $pkgs
+    major=$(qemu_major)
+    [ "${major:-0}" -ge "$QEMU_MIN" ] || lab_die "qemu-system-x86_64 is still version ${major:-unknown} after the install"
+  fi
   # A dynamic busybox would need the host's libc inside the initramfs.
   ldd /bin/busybox >/dev/null 2>&1 && lab_die "/bin/busybox is not static (install busybox-static)"
   return 0
@@ -89,11 +122,13 @@ host_tools() {
 # Sets KIMG (kernel image) and MODDIR (stock module tree, empty for the custom kernel).
 pick_kernel() {
   local dir
-  if [ "$KERNEL" = custom ]; then
-    KIMG=$("$here/kernel.sh") || lab_die "the custom kernel build failed"
+  if [ "$KERNEL" = custom ] || [ "$KERNEL" = custom7 ]; then
+    local line=6.12; [ "$KERNEL" = custom7 ] && line=7.3
+    KIMG=$("$here/kernel.sh" "$line") || lab_die "the custom $line kernel build failed"
     MODDIR=""
   else
-    dir=$("$here/stock-kernel.sh") || lab_die "cannot fetch the stock kernel"
+    local line=6.12; [ "$KERNEL" = stock7 ] && line=7
+    dir=$("$here/stock-kernel.sh" "$line") || lab_die "cannot fetch the stock $line kernel"
     KIMG=$dir/vmlinuz
     MODDIR=$dir
   fi
@@ -160,7 +195,8 @@ write_cmd() {
 }
 
 qemu_args() {
-  local append="console=ttyS0 loglevel=4 panic=-1" machine=q35,accel=tcg
+  # vfio-pci.enable_sriov=1: SR-IOV on a PF bound to vfio-pci (the igb ports).
+  local append="console=ttyS0 loglevel=4 panic=-1 vfio-pci.enable_sriov=1" machine=q35,accel=tcg
   QARGS=()
   if [ "$IOMMU" = intel ]; then
     # Interrupt remapping is required: without it VFIO_SET_IOMMU fails with EPERM. (QEMU wants the split
@@ -180,6 +216,12 @@ qemu_args() {
     -device virtio-rng-pci,addr=06.1
     -device pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=1,addr=07.0
     -device edu,bus=rp0,addr=00.0
+    -device edu,addr=08.0
+    # Each igb reserves the two slots 0x10 above it for its VFs (devfn + 0x80); the hub joins the two
+    # ports (QEMU warns that hub 0 has no host network: none is wanted). No option ROM: nothing boots
+    # from them.
+    -netdev hubport,id=n0,hubid=0 -device igb,netdev=n0,mac=52:54:00:12:34:0a,romfile=,addr=0a.0
+    -netdev hubport,id=n1,hubid=0 -device igb,netdev=n1,mac=52:54:00:12:34:0c,romfile=,addr=0c.0
     -kernel "$KIMG" -initrd "$INITRD" -append "$append"
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap
     -virtfs "local,path=$repo,mount_tag=work,security_model=none,multidevs=remap"

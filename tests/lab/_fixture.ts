@@ -7,7 +7,10 @@
  * - 0000:00:06.0 a second edu on vfio-pci, sharing its group with 0000:00:06.1, a virtio device
  *   left on virtio-pci, so that group is not viable;
  * - 0000:01:00.0 a third edu on vfio-pci, alone behind a PCIe root port at 0000:00:07.0, so that
- *   a hot (secondary bus) reset is possible.
+ *   a hot (secondary bus) reset is possible;
+ * - 0000:00:08.0 a fourth edu on vfio-pci, alone in its group: a peer for peer-to-peer DMA;
+ * - 0000:00:0a.0 and 0000:00:0c.0 two Intel 82576 NICs (QEMU igb) on vfio-pci, joined by a QEMU hub;
+ *   each is an SR-IOV PF (vfio-pci.enable_sriov=1) whose VFs appear at its devfn + 0x80, stride 2.
  *
  * @module
  */
@@ -22,8 +25,20 @@ export const EDU2 = "0000:00:06.0";
 export const BLOCKER = "0000:00:06.1";
 /** A third edu behind a PCIe root port, so that a bus (hot) reset is possible. */
 export const EDU_BEHIND_PORT = "0000:01:00.0";
+/** A fourth edu, alone in its group: the peer of {@link EDU} for peer-to-peer DMA (dma-buf). */
+export const EDU_PEER = "0000:00:08.0";
+/**
+ * Two Intel 82576 NICs (QEMU igb, 8086:10c9) whose ports share a QEMU hub, so what one sends the
+ * other receives. Each is an SR-IOV PF with up to 8 VFs (8086:10ca) at its devfn + 0x80, stride 2:
+ * IGB0's at 0000:00:1a.0, 00:1a.2, ... 00:1b.6; IGB1's at 0000:00:1c.0 ... 00:1d.6.
+ */
+export const IGB0 = "0000:00:0a.0";
+export const IGB1 = "0000:00:0c.0";
+/** The MAC addresses run.sh gives the two igb ports. */
+export const IGB0_MAC = "52:54:00:12:34:0a";
+export const IGB1_MAC = "52:54:00:12:34:0c";
 
-/** The lab configuration this guest was booted with, e.g. `stock-intel`, `custom-noiommu`. */
+/** The lab configuration this guest was booted with, e.g. `stock-intel`, `custom7-noiommu`. */
 export const CONFIG = process.env.VFIO_TS_LAB_CONFIG ?? "";
 if (!CONFIG) throw new Error("Cannot run the lab tests outside the lab: run them with scripts/lab/suite.sh");
 
