@@ -108,6 +108,7 @@
  * @module
  */
 import { VfioContainer } from "../../lib/container.ts";
+import { VfioError } from "../../lib/errors.ts";
 import type { VfioDevice } from "../../lib/device.ts";
 import { VfioGroup } from "../../lib/group.ts";
 import type { RawMmio, Sys } from "../../lib/sys.ts";
@@ -2014,4 +2015,20 @@ export function openLegacy(
   g.setContainer(container);
   container.setIommu();
   return { container, group: g, device: g.getDevice(bdf) };
+}
+
+/**
+ * Runs `fn`, which must throw a {@link VfioError}, and returns the error for the test to inspect.
+ *
+ * @param fn The call expected to fail.
+ * @returns The error.
+ */
+export function caught(fn: () => unknown): VfioError {
+  try {
+    fn();
+  } catch (err) {
+    if (!(err instanceof VfioError)) throw new Error(`expected a VfioError, got ${err}`);
+    return err;
+  }
+  throw new Error("expected a throw");
 }

@@ -6,7 +6,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { DmaPool } from "../../lib/dma.ts";
-import { DeviceNotBoundError, UnsupportedError, VfioError, VfioUnavailableError } from "../../lib/errors.ts";
+import { DeviceNotBoundError, UnsupportedError, VfioUnavailableError } from "../../lib/errors.ts";
 import { VfioGroup } from "../../lib/group.ts";
 import { IommufdIoas } from "../../lib/iommufd.ts";
 import { chooseBackend, openPciDevice } from "../../lib/open.ts";
@@ -35,7 +35,7 @@ import {
   VFIO_DEVICE_GET_INFO,
   vfio_device_info,
 } from "../../lib/uapi/vfio.ts";
-import { EDU, type FakeDeviceOptions, type FakeSys, type IoasState, withEdu } from "./fake_sys.ts";
+import { caught, EDU, type FakeDeviceOptions, type FakeSys, type IoasState, withEdu } from "./fake_sys.ts";
 
 const CDEV = "/dev/vfio/devices/vfio0";
 const U64_MAX = 0xffffffffffffffffn;
@@ -60,17 +60,6 @@ function ioasState(fake: FakeSys, id = 1): IoasState {
 
 /** Anonymous memory to map. */
 const anon = (fake: FakeSys, size = 0x10000) => fake.mmap(size, 3, 0x22, -1, 0);
-
-/** Asserts a VfioError and returns it. */
-function caught(fn: () => unknown): VfioError {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof VfioError, `expected a VfioError, got ${err}`);
-    return err;
-  }
-  assert.fail("expected a throw");
-}
 
 // Raw calls, for the fake's own rules.
 function rawIoas(fake: FakeSys): { fd: number; id: number } {

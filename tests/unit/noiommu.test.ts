@@ -7,7 +7,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { VfioContainer } from "../../lib/container.ts";
 import { DmaPool } from "../../lib/dma.ts";
-import { UnsupportedError, VfioError } from "../../lib/errors.ts";
+import { UnsupportedError } from "../../lib/errors.ts";
 import { IommufdIoas } from "../../lib/iommufd.ts";
 import { chooseBackend, openPciDevice } from "../../lib/open.ts";
 import { deviceCdev } from "../../lib/sysfs.ts";
@@ -20,7 +20,7 @@ import {
   iommu_ioas_noiommu_get_pa,
 } from "../../lib/uapi/iommufd.ts";
 import { ERRNO, O_RDWR } from "../../lib/uapi/libc.ts";
-import { EDU, FakeSys } from "./fake_sys.ts";
+import { caught, EDU, FakeSys } from "./fake_sys.ts";
 
 const PEER = "0000:00:06.0";
 const CDEV = "/dev/vfio/devices/noiommu-vfio0";
@@ -34,16 +34,6 @@ function withNoiommu(release?: string): FakeSys {
   fake.extensions.add(8); // VFIO_NOIOMMU_IOMMU
   fake.addDevice({ bdf: EDU, group: 0, noiommu: true, cdev: "noiommu-vfio0" });
   return fake;
-}
-
-function caught(fn: () => unknown): VfioError {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof VfioError, `expected a VfioError, got ${err}`);
-    return err;
-  }
-  assert.fail("expected a throw");
 }
 
 test("noiommu: the noiommu-vfioN cdev is found and picks iommufd, from 7.3 on", () => {

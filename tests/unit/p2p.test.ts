@@ -6,11 +6,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { VfioContainer } from "../../lib/container.ts";
-import { UnsupportedError, VfioError } from "../../lib/errors.ts";
+import { UnsupportedError } from "../../lib/errors.ts";
 import type { IommuBackend } from "../../lib/iommu.ts";
 import { IommufdIoas } from "../../lib/iommufd.ts";
 import { ERRNO } from "../../lib/uapi/libc.ts";
-import { EDU, type FakeDmaBuf, FakeSys } from "./fake_sys.ts";
+import { caught, EDU, type FakeDmaBuf, FakeSys } from "./fake_sys.ts";
 
 const PEER = "0000:00:06.0";
 const BAR = 0x100000; // 1 MiB, as edu's BAR0
@@ -24,16 +24,6 @@ function withPeers(release?: string): FakeSys {
   fake.addDevice({ bdf: EDU, group: 4, cdev: "vfio0", regions: [{ index: 0, size: BAR }] });
   fake.addDevice({ bdf: PEER, group: 6, cdev: "vfio1", regions: [{ index: 0, size: BAR }] });
   return fake;
-}
-
-function caught(fn: () => unknown): VfioError {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof VfioError, `expected a VfioError, got ${err}`);
-    return err;
-  }
-  assert.fail("expected a throw");
 }
 
 const featureCalls = (fake: FakeSys) => fake.ioctls().filter((n) => n === "VFIO_DEVICE_FEATURE").length;

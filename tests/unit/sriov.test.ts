@@ -6,12 +6,12 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { UnsupportedError, VfioError } from "../../lib/errors.ts";
+import { UnsupportedError } from "../../lib/errors.ts";
 import { IommufdIoas } from "../../lib/iommufd.ts";
 import { VfioContainer } from "../../lib/container.ts";
 import { openPciDevice } from "../../lib/open.ts";
 import { ERRNO } from "../../lib/uapi/libc.ts";
-import { EDU, FakeSys } from "./fake_sys.ts";
+import { caught, EDU, FakeSys } from "./fake_sys.ts";
 
 const PF = "0000:00:06.0", VF0 = "0000:00:06.2", VF1 = "0000:00:06.3";
 const TOKEN = "bd8d9d2b-5a5f-4f5a-a211-f591514ba1f3";
@@ -35,16 +35,6 @@ function withVfs(o: { iommufd?: boolean; release?: string; vfs?: number } = {}):
   });
   if (o.vfs !== 0) assert.equal(fake.writeText(numvfs(), String(o.vfs ?? 2)), 1);
   return fake;
-}
-
-function caught(fn: () => unknown): VfioError {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof VfioError, `expected a VfioError, got ${err}`);
-    return err;
-  }
-  assert.fail("expected a throw");
 }
 
 const backends = [
