@@ -445,6 +445,8 @@ export class FakeSys implements Sys {
   vfioPciEnableSriov = true;
   /** The first physical address anonymous memory gets; pages are handed out two apart. */
   physBase = 0x1000000n;
+  /** Physical addresses to hand out first, one per page (or hugepage), before `physBase`'s sequence. */
+  physQueue: bigint[] = [];
   /** Other files, for readText and writeText. */
   files = new Map<string, string>();
   /** Directories made with mkdir. */
@@ -1080,8 +1082,12 @@ export class FakeSys implements Sys {
     for (let i = 0n; i < BigInt(Math.ceil(length / this.pageSize)); i++) {
       const offset = (i * page) % huge;
       if (offset === 0n) {
-        unit = (this.#nextPhys + huge - 1n) / huge * huge;
-        this.#nextPhys = unit + huge + page; // a gap: the next unit is not adjacent
+        const queued = this.physQueue.shift();
+        if (queued !== undefined) unit = queued;
+        else {
+          unit = (this.#nextPhys + huge - 1n) / huge * huge;
+          this.#nextPhys = unit + huge + page; // a gap: the next unit is not adjacent
+        }
       }
       out.push(unit + offset);
     }

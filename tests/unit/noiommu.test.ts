@@ -121,7 +121,21 @@ test("noiommu: more than a page needs a hugepage at least as large, refused befo
   assert.equal(buf.size, HUGE);
 });
 
-test("noiommu: a physical address above the device's limit is refused, and nothing stays mapped", () => {
+test("noiommu: pages above the device's limit are held aside while new ones are taken, then released", () => {
+  const fake = withNoiommu();
+  // The kernel hands out two pages above edu's 28-bit mask, then one below it.
+  fake.physQueue = [0x20000000n, 0x20002000n, 0x3000000n];
+  using h = openPciDevice(fake, EDU, { limit: (1n << 28n) - 1n });
+  const buf = h.dma.alloc(4096);
+  assert.equal(buf.iova, 0x3000000n, "the device is given the reachable page's physical address");
+  assert.equal(h.backend.mappings.size, 1, "the rejected pages were unmapped from the IOAS");
+  assert.equal(fake.mappings().filter((m) => m.what === "anonymous memory").length, 1);
+  buf.free();
+  h.close();
+  assert.deepEqual(fake.leaks(), []);
+});
+
+test("noiommu: a physical address above the device's limit is refused after the tries, and nothing stays mapped", () => {
   const fake = withNoiommu();
   fake.physBase = 0x20000000n; // 512 MiB: above edu's 28-bit DMA mask
   using h = openPciDevice(fake, EDU, { limit: (1n << 28n) - 1n });
