@@ -23,6 +23,7 @@ import {
   type DmaBuffer,
   type DmaPool,
   type IommuBackend,
+  loadSys,
   open,
   type OpenedDevice,
   type OpenOptions,
@@ -73,8 +74,21 @@ export const EDU = {
 
 /** The ident register's value for edu 1.0. */
 export const EDU_IDENT = 0x010000ed;
-/** edu masks DMA addresses to 28 bits, so every IOVA it is given must lie below 256 MiB. */
-export const EDU_DMA_LIMIT = (1n << 28n) - 1n;
+/**
+ * The highest address edu can DMA to: its `dma_mask`, 28 bits by default (every IOVA must lie below
+ * 256 MiB). QEMU can be given another (`-device edu,dma_mask=0xffffffff`); say so in the environment
+ * variable EDU_DMA_MASK, as the lab's no-IOMMU configurations do, where edu is given physical addresses.
+ */
+export const EDU_DMA_LIMIT: bigint = await dmaMask();
+
+async function dmaMask(): Promise<bigint> {
+  const text = (await loadSys()).getenv("EDU_DMA_MASK");
+  if (text === undefined) return (1n << 28n) - 1n;
+  if (!/^(0x[0-9a-f]+|\d+)$/i.test(text)) {
+    throw new TypeError(`Cannot use EDU_DMA_MASK=${text}: expected a number`);
+  }
+  return BigInt(text);
+}
 
 const hex = (n: number | bigint, width = 0) => `0x${n.toString(16).padStart(width, "0")}`;
 

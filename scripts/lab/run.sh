@@ -188,7 +188,7 @@ write_cmd() {
   for v in $(compgen -e | grep '^VFIO_TS_' || true); do printf 'export %s=%q\n' "$v" "${!v}"; done
   printf 'export %s\n' HOME=/tmp DENO_DIR=/tmp/deno-dir TERM=dumb NO_COLOR=1 DENO_NO_UPDATE_CHECK=1 LANG=C.UTF-8 \
     PATH=/run/vfio-ts/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    VFIO_TS_LAB=1 VFIO_TS_LAB_KERNEL=$KERNEL VFIO_TS_LAB_IOMMU=$IOMMU
+    VFIO_TS_LAB=1 VFIO_TS_LAB_KERNEL=$KERNEL VFIO_TS_LAB_IOMMU=$IOMMU ${EDU_DMA_MASK:+EDU_DMA_MASK=$EDU_DMA_MASK}
   printf 'export VFIO_TS_NVME_IMAGE=%q\n' "$RUN/nvme.img"
   printf 'cd %q || exit 125\n' "$repo"
   printf '%s\n' "$CMD"
@@ -196,8 +196,11 @@ write_cmd() {
 
 qemu_args() {
   # vfio-pci.enable_sriov=1: SR-IOV on a PF bound to vfio-pci (the igb ports).
-  local append="console=ttyS0 loglevel=4 panic=-1 vfio-pci.enable_sriov=1" machine=q35,accel=tcg
+  local append="console=ttyS0 loglevel=4 panic=-1 vfio-pci.enable_sriov=1" machine=q35,accel=tcg edu
   QARGS=()
+  # Without an IOMMU, edu is given physical addresses, and a 2 GiB guest's pages mostly lie above edu's
+  # default 28-bit DMA mask: the no-IOMMU configurations widen it (EDU_DMA_MASK tells the guest).
+  edu=edu${EDU_DMA_MASK:+,dma_mask=$EDU_DMA_MASK}
   if [ "$IOMMU" = intel ]; then
     # Interrupt remapping is required: without it VFIO_SET_IOMMU fails with EPERM. (QEMU wants the split
     # irqchip for intremap under KVM; under TCG it is harmless.) The IOMMU goes before the PCI devices.
@@ -209,14 +212,14 @@ qemu_args() {
   fi
   QARGS+=(
     -machine "$machine" -cpu max -smp 1 -m "$MEM"
-    -device edu,addr=04.0
+    -device "$edu,addr=04.0"
     -drive "file=$RUN/nvme.img,if=none,id=nvm,format=raw"
     -device nvme,serial=vfiotslab0001,drive=nvm,addr=05.0
-    -device edu,addr=06.0,multifunction=on
+    -device "$edu,addr=06.0,multifunction=on"
     -device virtio-rng-pci,addr=06.1
     -device pcie-root-port,id=rp0,bus=pcie.0,chassis=1,slot=1,addr=07.0
-    -device edu,bus=rp0,addr=00.0
-    -device edu,addr=08.0
+    -device "$edu,bus=rp0,addr=00.0"
+    -device "$edu,addr=08.0"
     # Each igb reserves the two slots 0x10 above it for its VFs (devfn + 0x80); the hub joins the two
     # ports (QEMU warns that hub 0 has no host network: none is wanted). No option ROM: nothing boots
     # from them.
@@ -279,6 +282,8 @@ cleanup() { [ "$KEEP" = 1 ] || rm -rf "$RUN"; }
 
 main() {
   parse_args "$@"
+  EDU_DMA_MASK=""
+  [ "$IOMMU" = none ] && EDU_DMA_MASK=0xffffffff # 32 bits: above the 2 GiB guest's RAM
   host_tools
   pick_kernel
   build_initrd

@@ -75,8 +75,8 @@ export const edu = {
   DMA_TO_RAM: 0x2, // direction bit: set = device buffer to RAM
   DMA_IRQ: 0x4,
   DMA_BUFFER: 0x40000,
-  /** The device masks DMA addresses to 28 bits. */
-  DMA_LIMIT: (1n << 28n) - 1n,
+  /** The device's DMA mask: 28 bits, or what run.sh gave QEMU (EDU_DMA_MASK, in no-IOMMU mode). */
+  DMA_LIMIT: BigInt(process.env.EDU_DMA_MASK ?? (1n << 28n) - 1n),
 } as const;
 
 /** An IOMMU backend the lab kernel offers, for tests that run under each. */
