@@ -7,6 +7,8 @@
  * @module
  */
 
+import { type BenchOptions, emit, sink, timeOps } from "./_harness.ts";
+
 /** One way to call ioctl(2) through the runtime's FFI. */
 export interface IoctlVariant {
   /** The row suffix, e.g. `buffer`. */
@@ -27,4 +29,26 @@ export async function ioctlVariants(): Promise<IoctlVariant[]> {
   return bun
     ? (await import("./_ffi_floor_bun.ts")).variants()
     : (await import("./_ffi_floor_deno.ts")).variants();
+}
+
+/**
+ * Times one variant, bound to an ioctl, and prints its row `<bench>.floor.<variant>`.
+ *
+ * @param bench The library row it is the floor of, e.g. `ioctl.enotty`.
+ * @param v The variant.
+ * @param call The bound call (from `v.make`), already checked to answer as expected.
+ * @param o How long and how often.
+ */
+export function emitFloor(bench: string, v: IoctlVariant, call: () => number, o: BenchOptions): void {
+  emit({
+    bench: `${bench}.floor.${v.name}`,
+    baseline: bench,
+    unit: "ns",
+    note: v.note,
+    samples: timeOps((n) => {
+      let s = 0;
+      for (let i = 0; i < n; i++) s += call();
+      sink.value = s;
+    }, o),
+  });
 }

@@ -42,7 +42,7 @@ import {
 } from "../lib/uapi/vfio.ts";
 import { rmSync, writeFileSync } from "node:fs";
 import process from "node:process";
-import { ioctlVariants } from "./_ffi_floor.ts";
+import { emitFloor, ioctlVariants } from "./_ffi_floor.ts";
 import { emit, log, optionsFromArgs, sink, timeOps } from "./_harness.ts";
 
 const o = optionsFromArgs({ reps: 7, targetMs: 100, warmupMs: 200 });
@@ -73,17 +73,7 @@ const REG = 4; // the register offset every access uses
     if (call() !== (v.name.endsWith("errno") ? -25 : -1)) {
       throw new Error(`Cannot benchmark ${v.name}: unexpected result`);
     }
-    emit({
-      bench: `ioctl.enotty.floor.${v.name}`,
-      baseline: "ioctl.enotty",
-      unit: "ns",
-      note: v.note,
-      samples: timeOps((n) => {
-        let s = 0;
-        for (let i = 0; i < n; i++) s += call();
-        sink.value = s;
-      }, o),
-    });
+    emitFloor("ioctl.enotty", v, call, o);
   }
   sys.close(fd);
 }

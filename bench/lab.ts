@@ -53,7 +53,7 @@ import {
   VFIO_PCI_MSI_IRQ_INDEX,
 } from "../lib/uapi/vfio.ts";
 import { NvmeController, PAGE } from "../examples/nvme.ts";
-import { ioctlVariants } from "./_ffi_floor.ts";
+import { emitFloor, ioctlVariants } from "./_ffi_floor.ts";
 import { argValue, emit, log, optionsFromArgs, percentile, sink, timeOps } from "./_harness.ts";
 import { BenchQueue } from "./nvme_queue.ts";
 
@@ -123,17 +123,7 @@ if (part === "edu") {
       new DataView(status.buffer).setUint32(0, 8, true); // argsz
       const call = v.make([...backend.groups][0]!.fd, VFIO_GROUP_GET_STATUS, status);
       if (call() !== 0) throw new Error(`Cannot benchmark ${v.name}: VFIO_GROUP_GET_STATUS failed`);
-      emit({
-        bench: `ioctl.group_status.floor.${v.name}`,
-        baseline: "ioctl.group_status",
-        unit: "ns",
-        note: v.note,
-        samples: timeOps((n) => {
-          let s = 0;
-          for (let i = 0; i < n; i++) s += call();
-          sink.value = s;
-        }, o),
-      });
+      emitFloor("ioctl.group_status", v, call, o);
     });
   }
 
