@@ -144,6 +144,8 @@ export class VfioContainer extends IommuBase {
   readonly #ownGroups = new Map<number, VfioGroup>();
   #type: number | undefined;
   #info: IommuInfo | undefined;
+  #pageSize = 0;
+  #pageSizeOf: IommuInfo | undefined;
   /** The container node. */
   readonly path: string = VFIO_CONTAINER_PATH;
   /** The kernel calls behind {@link IommuBase}. */
@@ -243,8 +245,15 @@ export class VfioContainer extends IommuBase {
   /** The smallest page size VFIO_IOMMU_GET_INFO reports (the CPU page size before the IOMMU is set). */
   get iommuPageSize(): number {
     this.assertOpen();
-    const sizes = this.#type !== undefined && this.translates ? this.#staticInfo().pageSizes : 0n;
-    return sizes === 0n ? this.#sys.pageSize : Number(sizes & -sizes);
+    if (this.#type === undefined || !this.translates) return this.#sys.pageSize;
+    // Read per map: derived once from the cached info (bigint arithmetic allocates).
+    const info = this.#staticInfo();
+    if (info !== this.#pageSizeOf) {
+      const sizes = info.pageSizes;
+      this.#pageSize = sizes === 0n ? this.#sys.pageSize : Number(sizes & -sizes);
+      this.#pageSizeOf = info;
+    }
+    return this.#pageSize;
   }
 
   #alive(): boolean {
@@ -373,7 +382,7 @@ export class VfioContainer extends IommuBase {
   #map(vaddr: bigint, iova: bigint, size: number, access: DmaAccess): void {
     const m = this.#mapArg;
     m.set("flags", (access.read ? VFIO_DMA_MAP_FLAG_READ : 0) | (access.write ? VFIO_DMA_MAP_FLAG_WRITE : 0));
-    m.set("vaddr", vaddr).set("iova", iova).set("size", BigInt(size));
+    m.set("vaddr", vaddr).set("iova", iova).setU64("size", size);
     this.#fd.ioctl(
       VFIO_IOMMU_MAP_DMA,
       m.bytes,
@@ -391,7 +400,7 @@ export class VfioContainer extends IommuBase {
 
   #unmap(iova: bigint, size: number): void {
     const u = this.#unmapArg;
-    u.set("flags", 0).set("iova", iova).set("size", BigInt(size));
+    u.set("flags", 0).set("iova", iova).setU64("size", size);
     this.#fd.ioctl(
       VFIO_IOMMU_UNMAP_DMA,
       u.bytes,
@@ -435,7 +444,10 @@ export class VfioContainer extends IommuBase {
    */
   override mapDma(vaddr: bigint, iova: bigint, size: number, access?: DmaAccess): void {
     this.assertOpen();
-    this.#requireIommu(`map DMA at iova 0x${iova.toString(16)}`);
+    // The message is built only when it is needed: this runs per map.
+    if (this.#type === undefined || !this.translates) {
+      this.#requireIommu(`map DMA at iova 0x${iova.toString(16)}`);
+    }
     super.mapDma(vaddr, iova, size, access);
   }
 

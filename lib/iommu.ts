@@ -301,6 +301,11 @@ export interface IommuOps {
 }
 
 const U64_MAX = 0xffffffffffffffffn;
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+// The three ways a device may access a mapping, shared so that a map allocates none.
+const ANY_ACCESS: Required<DmaAccess> = Object.freeze({ read: true, write: true });
+const READ_ONLY: Required<DmaAccess> = Object.freeze({ read: true, write: false });
+const WRITE_ONLY: Required<DmaAccess> = Object.freeze({ read: false, write: true });
 
 /**
  * The fix for EPERM when a device joins an IOMMU domain without MSI isolation: VFIO refuses it
@@ -396,46 +401,71 @@ export abstract class IommuBase implements IommuBackend {
     return this.#mappings.overlapping(iova, size);
   }
 
-  mapDma(vaddr: bigint, iova: bigint, size: number, access: DmaAccess = {}): void {
+  mapDma(vaddr: bigint, iova: bigint, size: number, access: DmaAccess = ANY_ACCESS): void {
     this.assertOpen();
-    const read = access.read ?? true, write = access.write ?? true;
-    if (!read && !write) {
-      throw new RangeError(`Cannot map DMA at iova ${hex(iova)} with no access: allow read, write or both`);
-    }
+    const checked = this.#checkAccess("DMA", iova, access);
     if (typeof vaddr !== "bigint" || typeof iova !== "bigint" || !Number.isSafeInteger(size)) {
       throw new TypeError("Cannot map DMA: vaddr and iova must be bigints and size a safe integer");
     }
-    const len = BigInt(size);
-    // The checks that need no page size come first: reading it may cost an ioctl.
-    const bad = size <= 0 || vaddr <= 0n || iova < 0n || vaddr + len - 1n > U64_MAX ||
-      iova + len - 1n > U64_MAX;
-    const page = bad ? 0 : this.iommuPageSize;
-    const pageN = BigInt(page);
-    if (bad || size % page !== 0 || vaddr % pageN !== 0n || iova % pageN !== 0n) {
-      throw new RangeError(
-        `Cannot map DMA at iova ${hex(iova)} (vaddr ${hex(vaddr)}, size ${hex(size)}): vaddr must be ` +
-          `non-zero, all three multiples of the IOMMU page size${
-            bad ? "" : ` ${hex(page)}`
-          }, size positive, and both ` +
-          "ranges inside 64 bits",
-      );
-    }
-    this.#checkPlace(iova, len);
-    this.ops.map(vaddr, iova, size, { read, write });
+    this.#checkArgs("DMA", vaddr, iova, size);
+    this.#checkPlace(iova, size);
+    this.ops.map(vaddr, iova, size, checked);
     this.#mappings.add(iova, size);
   }
 
-  // The IOVA range must lie inside the IOMMU's ranges and clear of every mapping.
-  #checkPlace(iova: bigint, len: bigint): void {
-    const last = iova + len - 1n;
-    const ranges = this.ops.iovaRanges();
-    if (!ranges.some((r) => iova >= r.start && last <= r.last)) {
+  #checkAccess(what: string, iova: bigint, access: DmaAccess): Required<DmaAccess> {
+    const read = access.read ?? true, write = access.write ?? true;
+    if (!read && !write) {
       throw new RangeError(
-        `Cannot map DMA at iova ${hex(iova)}..${hex(last)}: outside the IOMMU's IOVA ranges ` +
-          ranges.map((r) => `${hex(r.start)}..${hex(r.last)}`).join(", "),
+        `Cannot map ${what} at iova ${hex(iova)} with no access: allow read, write or both`,
       );
     }
-    const hit = this.#mappings.overlapping(iova, Number(len));
+    return read ? (write ? ANY_ACCESS : READ_ONLY) : WRITE_ONLY;
+  }
+
+  // Alignment and the 64-bit bound of a mapping's addresses (`vaddr` undefined when the source is
+  // not process memory). Values a double holds exactly, as user addresses and IOVAs nearly always
+  // are, are checked as numbers: bigint arithmetic allocates at every step, and this runs per map.
+  #checkArgs(what: string, vaddr: bigint | undefined, iova: bigint, size: number): void {
+    let page = 0, ok: boolean;
+    // A bigint converts to the nearest double, so one above 2^53 - 1 never passes as safe.
+    const io = Number(iova), va = vaddr === undefined ? 0 : Number(vaddr);
+    if (
+      size > 0 && io >= 0 && io <= Number.MAX_SAFE_INTEGER &&
+      (vaddr === undefined || (va > 0 && va <= Number.MAX_SAFE_INTEGER))
+    ) {
+      page = this.iommuPageSize;
+      ok = size % page === 0 && io % page === 0 && va % page === 0;
+    } else {
+      const len = BigInt(size);
+      const bad = size <= 0 || iova < 0n || iova + len - 1n > U64_MAX ||
+        (vaddr !== undefined && (vaddr <= 0n || vaddr + len - 1n > U64_MAX));
+      page = bad ? 0 : this.iommuPageSize;
+      const pageN = BigInt(page);
+      ok = !bad && size % page === 0 && iova % pageN === 0n && (vaddr === undefined || vaddr % pageN === 0n);
+    }
+    if (ok) return;
+    const pageText = page === 0 ? "" : ` ${hex(page)}`;
+    throw new RangeError(
+      vaddr === undefined
+        ? `Cannot map ${what} at iova ${hex(iova)} (size ${hex(size)}): iova and size must be multiples of ` +
+          `the IOMMU page size${pageText}, size positive, and the range inside 64 bits`
+        : `Cannot map ${what} at iova ${hex(iova)} (vaddr ${hex(vaddr)}, size ${hex(size)}): vaddr must be ` +
+          `non-zero, all three multiples of the IOMMU page size${pageText}, size positive, and both ` +
+          "ranges inside 64 bits",
+    );
+  }
+
+  // The IOVA range must lie inside the IOMMU's ranges and clear of every mapping.
+  #checkPlace(iova: bigint, size: number): void {
+    if (!this.#insideRanges(iova, size)) {
+      const ranges = this.ops.iovaRanges();
+      throw new RangeError(
+        `Cannot map DMA at iova ${hex(iova)}..${hex(iova + BigInt(size) - 1n)}: outside the IOMMU's IOVA ` +
+          `ranges ${ranges.map((r) => `${hex(r.start)}..${hex(r.last)}`).join(", ")}`,
+      );
+    }
+    const hit = this.#mappings.overlapping(iova, size);
     if (hit) {
       throw new RangeError(
         `Cannot map DMA at iova ${hex(iova)}: it overlaps the mapping at ${hex(hit.iova)} (size ${
@@ -443,6 +473,32 @@ export abstract class IommuBase implements IommuBackend {
         })`,
       );
     }
+  }
+
+  // The IOVA ranges as numbers, remade whenever the backend reads new ones (an IOAS does on
+  // attach); a bound past 2^53 stands for "beyond every IOVA a double holds".
+  #rangeSource: readonly IovaRange[] | undefined;
+  #rangeStarts: number[] = [];
+  #rangeLasts: number[] = [];
+
+  #insideRanges(iova: bigint, size: number): boolean {
+    const ranges = this.ops.iovaRanges();
+    const first = Number(iova), last = first + size - 1;
+    if (last > Number.MAX_SAFE_INTEGER) {
+      const lastN = iova + BigInt(size) - 1n;
+      return ranges.some((r) => iova >= r.start && lastN <= r.last);
+    }
+    if (ranges !== this.#rangeSource) {
+      const bound = (v: bigint) => v > MAX_SAFE ? Infinity : Number(v);
+      this.#rangeStarts = ranges.map((r) => bound(r.start));
+      this.#rangeLasts = ranges.map((r) => bound(r.last));
+      this.#rangeSource = ranges;
+    }
+    const starts = this.#rangeStarts, lasts = this.#rangeLasts;
+    for (let i = 0; i < starts.length; i++) {
+      if (first >= starts[i]! && last <= lasts[i]!) return true;
+    }
+    return false;
   }
 
   /**
@@ -471,25 +527,13 @@ export abstract class IommuBase implements IommuBackend {
 
   #checkRange(what: string, iova: bigint, size: number, access: DmaAccess): Required<DmaAccess> {
     this.assertOpen();
-    const read = access.read ?? true, write = access.write ?? true;
-    if (!read && !write) {
-      throw new RangeError(
-        `Cannot map ${what} at iova ${hex(iova)} with no access: allow read, write or both`,
-      );
-    }
+    const checked = this.#checkAccess(what, iova, access);
     if (typeof iova !== "bigint" || !Number.isSafeInteger(size)) {
       throw new TypeError(`Cannot map ${what}: iova must be a bigint and size a safe integer`);
     }
-    const bad = size <= 0 || iova < 0n || iova + BigInt(size) - 1n > U64_MAX;
-    const page = bad ? 0 : this.iommuPageSize;
-    if (bad || size % page !== 0 || iova % BigInt(page) !== 0n) {
-      throw new RangeError(
-        `Cannot map ${what} at iova ${hex(iova)} (size ${hex(size)}): iova and size must be multiples of ` +
-          `the IOMMU page size${bad ? "" : ` ${hex(page)}`}, size positive, and the range inside 64 bits`,
-      );
-    }
-    this.#checkPlace(iova, BigInt(size));
-    return { read, write };
+    this.#checkArgs(what, undefined, iova, size);
+    this.#checkPlace(iova, size);
+    return checked;
   }
 
   mapPeerRegion(

@@ -197,14 +197,19 @@ export class IommufdIoas extends IommuBase {
     return !this.#fd.closed;
   }
 
+  // Map and unmap run per DMA buffer: their argument structs are made once and refilled (JavaScript
+  // is single-threaded, and the kernel copies them in before returning).
+  readonly #mapArg = iommu_ioas_map.alloc();
+  readonly #unmapArg = iommu_ioas_unmap.alloc();
+
   #map(vaddr: bigint, iova: bigint, size: number, access: DmaAccess): void {
-    const m = iommu_ioas_map.alloc();
+    const m = this.#mapArg;
     m.set(
       "flags",
       IOMMU_IOAS_MAP_FIXED_IOVA | (access.read ? IOMMU_IOAS_MAP_READABLE : 0) |
         (access.write ? IOMMU_IOAS_MAP_WRITEABLE : 0),
     );
-    m.set("ioas_id", this.#ioasId).set("user_va", vaddr).set("length", BigInt(size)).set("iova", iova);
+    m.set("ioas_id", this.#ioasId).set("user_va", vaddr).setU64("length", size).set("iova", iova);
     this.#fd.ioctl(
       IOMMU_IOAS_MAP,
       m.bytes,
@@ -383,8 +388,8 @@ export class IommufdIoas extends IommuBase {
   }
 
   #unmap(iova: bigint, size: number): void {
-    const u = iommu_ioas_unmap.alloc();
-    u.set("ioas_id", this.#ioasId).set("iova", iova).set("length", BigInt(size));
+    const u = this.#unmapArg;
+    u.set("ioas_id", this.#ioasId).set("iova", iova).setU64("length", size);
     this.#fd.ioctl(
       IOMMU_IOAS_UNMAP,
       u.bytes,

@@ -15,8 +15,26 @@ const PAGE_SHIFT = 12n;
 const PAGE = 4096;
 const CHUNK = 256;
 
-/** A page-aligned IOVA as a page number: exact for every 64-bit IOVA. */
-const pageOf = (iova: bigint): number => Number(iova >> PAGE_SHIFT);
+/**
+ * The page number of an IOVA: exact for every 64-bit IOVA. IOVAs a double holds are divided as
+ * numbers, since a bigint shift allocates.
+ */
+function pageOf(iova: bigint): number {
+  const n = Number(iova); // the nearest double: above 2^53 - 1, never a safe integer
+  return n <= Number.MAX_SAFE_INTEGER ? Math.floor(n / PAGE) : Number(iova >> PAGE_SHIFT);
+}
+
+// Array.prototype.splice returns a new array of what it removed: these move entries in place.
+function insertAt<T>(a: T[], at: number, value: T): void {
+  a.push(value);
+  for (let i = a.length - 1; i > at; i--) a[i] = a[i - 1]!;
+  a[at] = value;
+}
+
+function removeAt<T>(a: T[], at: number): void {
+  for (let i = at; i < a.length - 1; i++) a[i] = a[i + 1]!;
+  a.pop();
+}
 
 interface Chunk {
   /** First page of each interval, ascending. */
@@ -75,9 +93,9 @@ export class IovaIntervals implements ReadonlyMap<bigint, number> {
   overlapping(iova: bigint, size: number): { iova: bigint; size: number } | undefined {
     if (this.#size === 0) return undefined;
     const first = pageOf(iova);
-    const last = size % PAGE === 0 && (Number(iova & 0xfffn) === 0)
-      ? first + size / PAGE - 1
-      : pageOf(iova + BigInt(size - 1));
+    const n = Number(iova);
+    const aligned = n <= Number.MAX_SAFE_INTEGER ? n % PAGE === 0 : (iova & 0xfffn) === 0n;
+    const last = size % PAGE === 0 && aligned ? first + size / PAGE - 1 : pageOf(iova + BigInt(size - 1));
     // The interval starting at or before `last` with the greatest start: if any interval overlaps,
     // this one does, since intervals are disjoint and sorted.
     let ci = this.#chunkFor(last);
@@ -121,10 +139,10 @@ export class IovaIntervals implements ReadonlyMap<bigint, number> {
     const ci = this.#chunkFor(first);
     const chunk = this.#chunks[ci]!;
     const at = IovaIntervals.#floor(chunk, first) + 1;
-    chunk.starts.splice(at, 0, first);
-    chunk.lasts.splice(at, 0, last);
-    chunk.iovas.splice(at, 0, iova);
-    chunk.sizes.splice(at, 0, size);
+    insertAt(chunk.starts, at, first);
+    insertAt(chunk.lasts, at, last);
+    insertAt(chunk.iovas, at, iova);
+    insertAt(chunk.sizes, at, size);
     this.#size++;
     if (chunk.starts.length > 2 * CHUNK) {
       // Split in halves so that inserts keep moving at most CHUNK entries.
@@ -151,10 +169,10 @@ export class IovaIntervals implements ReadonlyMap<bigint, number> {
     const chunk = this.#chunks[ci]!;
     const i = IovaIntervals.#floor(chunk, page);
     if (i < 0 || chunk.starts[i] !== page) return false;
-    chunk.starts.splice(i, 1);
-    chunk.lasts.splice(i, 1);
-    chunk.iovas.splice(i, 1);
-    chunk.sizes.splice(i, 1);
+    removeAt(chunk.starts, i);
+    removeAt(chunk.lasts, i);
+    removeAt(chunk.iovas, i);
+    removeAt(chunk.sizes, i);
     this.#size--;
     if (chunk.starts.length === 0) this.#chunks.splice(ci, 1);
     return true;

@@ -163,4 +163,26 @@ export class Struct<F extends Fields = Fields> {
     }
     return this;
   }
+
+  /**
+   * Writes a `__u64` field from a number, as two 32-bit halves: no bigint is made, which matters on
+   * paths that run per operation (a DMA map's size).
+   *
+   * @param key The field's kernel name; it must be a u64 field.
+   * @param value A non-negative safe integer.
+   * @returns This struct, for chaining.
+   * @throws {RangeError} If the value is not a non-negative safe integer.
+   * @throws {TypeError} If the field is not a u64.
+   */
+  setU64(key: keyof F & string, value: number): this {
+    const [type, offset] = this.def.fields[key]!;
+    if (type !== "u64") throw new TypeError(`Cannot write ${key} as a u64: it is a ${type}`);
+    if (!Number.isSafeInteger(value) || value < 0) {
+      throw new RangeError(`Cannot write ${key}: ${value} is not a non-negative safe integer`);
+    }
+    const low = value >>> 0; // ToUint32 is exact modulo 2^32 for any safe integer
+    this.view.setUint32(offset, low, true);
+    this.view.setUint32(offset + 4, (value - low) / 0x1_0000_0000, true);
+    return this;
+  }
 }

@@ -413,6 +413,34 @@ test("iommufd: mapDma maps at the fixed IOVA with the access flags; unmapDma rem
   assert.deepEqual(fake.leaks(), []);
 });
 
+test("iommufd: mapDma checks IOVAs past 2^53 and sizes past 2^32 exactly, and passes them whole", () => {
+  // Before an attach the IOAS takes every IOVA and pins nothing, so any address can be mapped.
+  const fake = withIommufd();
+  using ioas = IommufdIoas.open(fake);
+  const vaddr = anon(fake);
+  const high = 1n << 60n;
+  ioas.mapDma(vaddr, high, 0x1_0000_1000);
+  assert.equal(ioasState(fake).mappings.get(high)?.length, 0x1_0000_1000n);
+  ioas.mapDma(vaddr, high + 0x1_0000_1000n, 0x1000);
+  const calls = fake.calls.length;
+  assert.throws(
+    () => ioas.mapDma(vaddr, high + 0x1_0000_0000n, 0x1000),
+    /overlaps the mapping at 0x1000000000000000/,
+  );
+  assert.throws(() => ioas.mapDma(vaddr, high + 1n, 0x1000), /multiples of the IOMMU page size 0x1000/);
+  assert.throws(() => ioas.mapDma(vaddr, U64_MAX - 0xfffn, 0x2000), /inside 64 bits/);
+  assert.throws(() => ioas.mapDma(vaddr, 0n, 2 ** 53 - 1), /multiples/);
+  assert.equal(fake.calls.length, calls, "refused before any ioctl");
+  ioas.mapDma(vaddr, U64_MAX - 0xfffn, 0x1000); // the last page of the address space
+  ioas.mapDma(vaddr, 2n ** 53n - 0x1000n, 0x2000); // across 2^53
+  assert.deepEqual(ioas.findMapping(2n ** 53n, 1), { iova: 2n ** 53n - 0x1000n, size: 0x2000 });
+  ioas.unmapDma(high, 0x1_0000_1000);
+  assert.equal(ioasState(fake).mappings.has(high), false);
+  ioas.close();
+  fake.munmap(vaddr, 0x10000);
+  assert.deepEqual(fake.leaks(), []);
+});
+
 test("iommufd: unmapAll sends iova 0 with length U64_MAX and empties the IOAS", () => {
   const fake = withIommufd();
   using ioas = IommufdIoas.open(fake);

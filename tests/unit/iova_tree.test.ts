@@ -15,44 +15,50 @@ function modelOverlap(model: [number, number][], page: number, pages: number): [
   return model.find(([p, n]) => p <= page + pages - 1 && page <= p + n - 1);
 }
 
-test("iova_tree: add, delete, get and overlapping agree with a scanned list under random sequences", () => {
-  const op = fc.record({
-    op: fc.constantFrom<Op["op"]>("add", "add", "delete", "query"),
-    page: fc.integer({ min: 1, max: 3000 }),
-    pages: fc.integer({ min: 1, max: 16 }),
+// Low IOVAs, and IOVAs that cross 2^53, where page numbers come from bigint shifts, not doubles.
+for (const [where, base] of [["low IOVAs", 0], ["IOVAs across 2^53", 2 ** 41 - 1500]] as const) {
+  test(`iova_tree: add, delete, get and overlapping agree with a scanned list under random sequences (${where})`, () => {
+    const op = fc.record({
+      op: fc.constantFrom<Op["op"]>("add", "add", "delete", "query"),
+      page: fc.integer({ min: 1, max: 3000 }),
+      pages: fc.integer({ min: 1, max: 16 }),
+    });
+    const iovaOf = (page: number) => BigInt(base + page) * BigInt(PAGE);
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 1200 }), (ops) => {
+        const set = new IovaIntervals();
+        let model: [number, number][] = [];
+        for (const o of ops) {
+          const iova = iovaOf(o.page), size = o.pages * PAGE;
+          const expected = modelOverlap(model, o.page, o.pages);
+          const got = set.overlapping(iova, size);
+          assert.equal(got === undefined, expected === undefined);
+          if (got && expected) {
+            // The reported interval really overlaps, and is one the model holds.
+            assert.ok(model.some(([p, n]) => iovaOf(p) === got.iova && n * PAGE === got.size));
+            const [p, n] = [Number(got.iova / BigInt(PAGE)) - base, got.size / PAGE];
+            assert.ok(p <= o.page + o.pages - 1 && o.page <= p + n - 1);
+          }
+          // A query that starts one byte into the page still finds the same interval.
+          assert.equal(set.overlapping(iova + 1n, size - 1) === undefined, expected === undefined);
+          if (o.op === "add" && !expected) {
+            set.add(iova, size);
+            model.push([o.page, o.pages]);
+          } else if (o.op === "delete") {
+            const had = model.some(([p]) => p === o.page);
+            assert.equal(set.delete(iova), had);
+            model = model.filter(([p]) => p !== o.page);
+          }
+          assert.equal(set.size, model.length);
+          assert.equal(set.get(iova), model.find(([p]) => p === o.page)?.[1]! * PAGE || undefined);
+        }
+        const sorted = [...model].sort((a, b) => a[0] - b[0]).map(([p, n]) => [iovaOf(p), n * PAGE]);
+        assert.deepEqual([...set.entries()], sorted);
+      }),
+      { numRuns: 300, seed: 0x5eed },
+    );
   });
-  fc.assert(
-    fc.property(fc.array(op, { maxLength: 1200 }), (ops) => {
-      const set = new IovaIntervals();
-      let model: [number, number][] = [];
-      for (const o of ops) {
-        const iova = BigInt(o.page * PAGE), size = o.pages * PAGE;
-        const expected = modelOverlap(model, o.page, o.pages);
-        const got = set.overlapping(iova, size);
-        assert.equal(got === undefined, expected === undefined);
-        if (got && expected) {
-          // The reported interval really overlaps, and is one the model holds.
-          assert.ok(model.some(([p, n]) => BigInt(p * PAGE) === got.iova && n * PAGE === got.size));
-          const [p, n] = [Number(got.iova) / PAGE, got.size / PAGE];
-          assert.ok(p <= o.page + o.pages - 1 && o.page <= p + n - 1);
-        }
-        if (o.op === "add" && !expected) {
-          set.add(iova, size);
-          model.push([o.page, o.pages]);
-        } else if (o.op === "delete") {
-          const had = model.some(([p]) => p === o.page);
-          assert.equal(set.delete(iova), had);
-          model = model.filter(([p]) => p !== o.page);
-        }
-        assert.equal(set.size, model.length);
-        assert.equal(set.get(iova), model.find(([p]) => p === o.page)?.[1]! * PAGE || undefined);
-      }
-      const sorted = [...model].sort((a, b) => a[0] - b[0]).map(([p, n]) => [BigInt(p * PAGE), n * PAGE]);
-      assert.deepEqual([...set.entries()], sorted);
-    }),
-    { numRuns: 300, seed: 0x5eed },
-  );
-});
+}
 
 test("iova_tree: IOVAs above 2^53 stay exact (page numbers, not addresses, are kept as numbers)", () => {
   const set = new IovaIntervals();

@@ -59,6 +59,20 @@ test("struct: every field type round-trips, s16 and s32 keep their sign", () => 
   assert.equal(new DataView(s.bytes.buffer).getUint16(4, true), 0xfffe);
 });
 
+test("struct: setU64 writes a u64 from any non-negative safe integer, and nothing else", () => {
+  const s = vfio_iommu_type1_dma_map.alloc();
+  for (const n of [0, 1, 0xffffffff, 0x1_0000_0000, 0x1_2345_6789_abcd, Number.MAX_SAFE_INTEGER]) {
+    assert.equal(s.setU64("size", n).get("size"), BigInt(n));
+  }
+  s.set("iova", 0n);
+  assert.throws(() => s.setU64("size", -1), RangeError);
+  assert.throws(() => s.setU64("size", 2 ** 53), RangeError);
+  assert.throws(() => s.setU64("size", 1.5), RangeError);
+  assert.throws(() => s.setU64("flags", 1), /it is a u32/);
+  assert.equal(s.get("size"), BigInt(Number.MAX_SAFE_INTEGER), "a refused write leaves the field");
+  assert.equal(s.get("iova"), 0n, "and its neighbours");
+});
+
 test("struct: at() views existing bytes and shares memory with them", () => {
   const bytes = new Uint8Array(16);
   const s = vfio_group_status.at(bytes, 8);
