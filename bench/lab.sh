@@ -4,17 +4,21 @@
 #   results.jsonl      one JSON line per benchmark and side (C, deno, bun)
 #   fio-qdN-R.json     fio's report of each kernel-driver run
 #   machine            what ran it
-# Every group is opened by one process at a time: the C baseline and the two runtimes take turns.
+# Every group is opened by one process at a time: the C baseline (for igb: DPDK's testpmd, side
+# "dpdk", through bench/testpmd.sh) and the two runtimes take turns.
 #
 # usage: bench/lab.sh OUT   (env: BENCH_ROUNDS BENCH_REPS BENCH_TARGET_MS BENCH_WARMUP_MS BENCH_IO_MS
-#                            BENCH_C_WARMUP_MS BENCH_IRQ_EVENTS BENCH_ONLY=edu|nvme)
+#                            BENCH_C_WARMUP_MS BENCH_IRQ_EVENTS BENCH_IGB_SECONDS BENCH_ONLY=edu|nvme|igb)
 # The JS warm-up (BENCH_WARMUP_MS) is seconds, because JIT tiers settle slowly under TCG; C needs none
 # beyond page faults and caches (BENCH_C_WARMUP_MS).
 set -uo pipefail
 out=${1:?usage: bench/lab.sh OUT}
 rounds=${BENCH_ROUNDS:-2} reps=${BENCH_REPS:-5} target=${BENCH_TARGET_MS:-100} warm=${BENCH_WARMUP_MS:-100}
 c_warm=${BENCH_C_WARMUP_MS:-300} io_ms=${BENCH_IO_MS:-2000} events=${BENCH_IRQ_EVENTS:-500} only=${BENCH_ONLY:-}
+igb_s=${BENCH_IGB_SECONDS:-3}
 edu=0000:00:04.0 nvme=0000:00:05.0
+case $only in ""|edu|nvme|igb) ;; *) echo "bench/lab.sh: BENCH_ONLY must be edu, nvme or igb" >&2; exit 2 ;; esac
+want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
 mkdir -p "$out"
 results=$out/results.jsonl
 : > "$results"
@@ -27,7 +31,7 @@ js() { # runtime part
 }
 echo "QEMU TCG guest (-cpu max, 1 vCPU), kernel $(uname -r)" > "$out/machine"
 
-if [ "$only" != nvme ]; then
+if want edu; then
   for r in $(seq "$rounds"); do
     say "edu round $r/$rounds: C"
     bench/build/lab_baseline "$edu" "$reps" "$target" "$c_warm" "$events" >> "$results" || status=1
@@ -35,7 +39,7 @@ if [ "$only" != nvme ]; then
   done
 fi
 
-if [ "$only" != edu ]; then
+if want nvme; then
   for rt in deno bun; do say "nvme: $rt"; js "$rt" nvme; done
 
   # The kernel's nvme driver on the same controller: rebind it, run fio (io_uring), give it back.
@@ -75,6 +79,42 @@ if [ "$only" != edu ]; then
   [ -e "$d/driver" ] && echo "$nvme" > "$d/driver/unbind"
   echo vfio-pci > "$d/driver_override"
   echo "$nvme" > /sys/bus/pci/drivers_probe
+fi
+
+# igb: DPDK's testpmd (the C peer, bench/testpmd.sh) and examples/igb.ts on each runtime
+# (bench/igb.ts) take turns on the two hub-joined NICs, for 64-byte txonly and io forwarding.
+# A runtime that is missing its benchmark file, crashes or prints no line gets an "error" line, so
+# that its row reports the failure instead of vanishing.
+igb_js() { # runtime txonly|fwd
+  local bench=igb.${2}64 tmp rc
+  if [ ! -f bench/igb.ts ]; then
+    say "error: bench/igb.ts does not exist"
+    printf '{"bench":"%s","side":"%s","unit":"pps","samples":[],"error":"%s"}\n' "$bench" "$1" \
+      "bench/igb.ts does not exist" >> "$results"
+    status=1
+    return
+  fi
+  tmp=$(mktemp)
+  if [ "$1" = deno ]; then deno run -A bench/igb.ts --mode "$2" --seconds "$igb_s" > "$tmp"
+  else bun bench/igb.ts --mode "$2" --seconds "$igb_s" > "$tmp"; fi
+  rc=$?
+  cat "$tmp" >> "$results"
+  if ! grep -q "\"bench\":\"$bench\"" "$tmp"; then
+    printf '{"bench":"%s","side":"%s","unit":"pps","samples":[],"error":"%s"}\n' "$bench" "$1" \
+      "bench/igb.ts --mode $2 exited with status $rc and printed no $bench line" >> "$results"
+    status=1
+  fi
+  [ "$rc" = 0 ] || status=1
+  rm -f "$tmp"
+}
+if want igb; then
+  for r in $(seq "$rounds"); do
+    for mode in txonly fwd; do
+      say "igb $mode round $r/$rounds: dpdk"
+      bash bench/testpmd.sh --mode "$mode" --seconds "$igb_s" >> "$results" || status=1
+      for rt in deno bun; do say "igb $mode round $r/$rounds: $rt"; igb_js "$rt" "$mode"; done
+    done
+  done
 fi
 say "done (status $status)"
 exit "$status"

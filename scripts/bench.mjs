@@ -2,14 +2,15 @@
 // The project's benchmark command (`npm run bench`), for a fresh machine with only Node, npm and apt.
 //
 // 1. installs what it needs when missing: the pinned runtimes (npm devDependencies deno and bun),
-//    gcc, and fio (apt-get install -y fio; the lab guest runs the host's binaries);
+//    gcc, fio (apt-get install -y fio; the lab guest runs the host's binaries) and DPDK's testpmd
+//    (Debian's dpdk-dev and its igb PMD, with udev pinned to the installed systemd; see ensureDpdk);
 // 2. builds the C baselines (bench/*.c) into bench/build/, which git ignores;
 // 3. host: runs bench/host_baseline (C), then bench/host.ts on Deno and on Bun, in interleaved rounds;
-// 4. lab: boots one QEMU guest (scripts/lab/run.sh, custom kernel, emulated VT-d) and runs
+// 4. lab: boots one QEMU guest (scripts/lab/run.sh, the custom 7.3 kernel, emulated VT-d) and runs
 //    bench/lab.sh inside it: the C baseline and both runtimes take turns on the edu device, then the
 //    NVMe controller is driven by examples/nvme.ts on each runtime and by the kernel's nvme driver
-//    under fio;
-// 5. writes bench/results.json and prints a table of ratios against the C (or kernel) baseline;
+//    under fio, then the two igb NICs by DPDK's testpmd and by bench/igb.ts on each runtime;
+// 5. writes bench/results.json and prints a table of ratios against the C (or kernel, or DPDK) baseline;
 //    rows of a partial run (--no-host, --no-lab, or a benchmark that failed) replace only the rows it
 //    measured, the others stay from earlier runs, each with its date;
 // 6. regenerates the README's results table from bench/results.json (scripts/bench_table.mjs --write).
@@ -17,9 +18,10 @@
 // Timing never fails the command: goals are reported, not enforced. It exits non-zero only when a
 // stage could not run (a build, a runtime crash, a lab boot).
 //
-// Usage: node scripts/bench.mjs [--no-host] [--no-lab] [--quick] [--rounds N]
+// Usage: node scripts/bench.mjs [--no-host] [--no-lab] [--quick] [--rounds N] [--only=edu|nvme|igb]
 //   --quick: fewer and shorter repetitions, for checking that everything runs; --rounds: how many
-//   times the C, Deno and Bun processes take turns (default 2; noise on a shared machine evens out).
+//   times the C, Deno and Bun processes take turns (default 2; noise on a shared machine evens out);
+//   --only: one lab group and nothing else (no host benchmarks; with --no-lab, nothing at all).
 import { spawn, spawnSync } from "node:child_process";
 import { cpus } from "node:os";
 import {
@@ -43,6 +45,12 @@ const flag = (f) => args.includes(f);
 const quick = flag("--quick");
 const roundsAt = args.indexOf("--rounds");
 const rounds = Math.max(1, Number(roundsAt >= 0 ? args[roundsAt + 1] : quick ? 1 : 2) || 1);
+const only = args.find((a) => a.startsWith("--only="))?.slice("--only=".length);
+if (only !== undefined && !["edu", "nvme", "igb"].includes(only)) {
+  console.error(`bench: --only takes edu, nvme or igb, not ${JSON.stringify(only)}`);
+  process.exit(2);
+}
+const labGroup = (g) => only === undefined || only === g;
 const started = Date.now();
 const say = (s) => console.log(`bench: ${s}`);
 const failures = [];
@@ -65,7 +73,7 @@ function aptInstall(...pkgs) {
     run(root ? "apt-get" : "sudo", root ? argv : ["apt-get", ...argv], {
       env: { ...env, DEBIAN_FRONTEND: "noninteractive" },
     }).status === 0;
-  say(`installing ${pkgs.join(" ")} with apt-get`);
+  say(`installing ${pkgs.filter((p) => !p.startsWith("-")).join(" ")} with apt-get`);
   if (apt(["install", "-y", "-q", ...pkgs])) return;
   if (apt(["update", "-q"]) && apt(["install", "-y", "-q", ...pkgs])) return;
   throw new Error(`Cannot install ${pkgs.join(" ")} with apt-get`);
@@ -80,7 +88,25 @@ function ensureTools(lab) {
     }
   }
   if (!have("gcc")) aptInstall("gcc", "libc6-dev");
-  if (lab && !have("fio")) aptInstall("fio");
+  if (lab && labGroup("nvme") && !have("fio")) aptInstall("fio");
+  if (lab && labGroup("igb")) ensureDpdk();
+}
+
+// DPDK's testpmd, the C peer of the igb rows: dpdk-dev holds dpdk-testpmd; the igb PMD and the ring
+// mempool are plugins, which --no-install-recommends would leave out unless named. dpdk-dev pulls in
+// rdma-core, which depends on udev: apt would take the newest udev and upgrade systemd to match it, so
+// udev is pinned to the installed systemd's version. When that cannot be satisfied the igb rows report
+// the missing baseline; the rest of the benchmark runs.
+const DPDK_PACKAGES = ["dpdk", "dpdk-dev", "librte-net-e1000-23", "librte-mempool-ring23"];
+function ensureDpdk() {
+  if (spawnSync("dpkg", ["-s", ...DPDK_PACKAGES], { stdio: "ignore" }).status === 0) return;
+  const systemd = spawnSync("dpkg-query", ["-W", "-f=${Version}", "systemd"], { encoding: "utf8" });
+  const pin = systemd.status === 0 && systemd.stdout ? [`udev=${systemd.stdout.trim()}`] : [];
+  try {
+    aptInstall("--no-install-recommends", ...DPDK_PACKAGES, ...pin);
+  } catch (e) {
+    failures.push(`${e.message} (${pin.join(" ") || "no systemd"}): the igb rows have no DPDK baseline`);
+  }
 }
 
 function buildC() {
@@ -135,8 +161,13 @@ async function labBenches() {
   const o = quick
     ? { BENCH_ROUNDS: 1, BENCH_REPS: 2, BENCH_TARGET_MS: 50, BENCH_WARMUP_MS: 1500, BENCH_IO_MS: 1000 }
     : { BENCH_ROUNDS: rounds, BENCH_REPS: 5, BENCH_TARGET_MS: 100, BENCH_WARMUP_MS: 3000, BENCH_IO_MS: 2000 };
-  const vars = Object.entries({ ...o, BENCH_C_WARMUP_MS: 300, BENCH_IRQ_EVENTS: quick ? 200 : 500 })
-    .map(([k, v]) => `${k}=${v}`).join(" ");
+  const vars = Object.entries({
+    ...o,
+    BENCH_C_WARMUP_MS: 300,
+    BENCH_IRQ_EVENTS: quick ? 200 : 500,
+    BENCH_IGB_SECONDS: quick ? 2 : 3,
+    ...(only ? { BENCH_ONLY: only } : {}),
+  }).map(([k, v]) => `${k}=${v}`).join(" ");
   const cmd = `${vars} bash bench/lab.sh bench/build/lab`;
   const log = join(build, "lab-console.log");
   say(`lab: booting the guest (console: ${log})`);
@@ -146,7 +177,7 @@ async function labBenches() {
       [
         "scripts/lab/run.sh",
         "--kernel",
-        "custom",
+        "custom7",
         "--iommu",
         "intel",
         "--name",
@@ -225,6 +256,7 @@ const GOALS = [
   ],
   [/^irq\.msi\.(wait|next)\.p(50|99)$/, { op: "<=", x: 2 }, "C poll() loop"],
   [/^nvme\.randread4k\.qd(1|32)$/, { op: ">=", x: 1 }, "kernel nvme driver, fio io_uring"],
+  [/^igb\.(txonly|fwd)64$/, { op: ">=", x: 0.5 }, "DPDK testpmd, net_e1000_igb PMD"],
 ];
 const DESCRIPTIONS = {
   "ioctl.enotty": "ioctl round trip, /dev/null ENOTTY (sys.ioctlPtr)",
@@ -256,6 +288,8 @@ const DESCRIPTIONS = {
   "nvme.randread4k.qd1.poll": "  QD1, NvmeController.read polled",
   "nvme.randread4k.qd1.queue": "  QD1 on bench/nvme_queue.ts, polled",
   "nvme.randread4k.qd32": "NVMe 4 KiB randread QD32 (bench/nvme_queue.ts, polled)",
+  "igb.txonly64": "igb 64-byte transmit, one port (examples/igb.ts)",
+  "igb.fwd64": "igb 64-byte io forwarding, two hub-joined ports, total (examples/igb.ts)",
 };
 // Rows whose baseline is the same runtime's floor row rather than C: the library's cost over the
 // runtime's own FFI call (bench/_ffi_floor.ts).
@@ -273,8 +307,10 @@ Object.assign(DESCRIPTIONS, {
   "ioctl.group_status.floor.buffer_errno": "  bare FFI ioctl, buffer argument, errno read",
   "ioctl.group_status.floor.pointer": "  bare FFI ioctl, pointer made once, no errno read",
 });
-const RATE_UNITS = new Set(["pairs/s", "IOPS"]);
+const RATE_UNITS = new Set(["pairs/s", "IOPS", "pps"]);
 const today = new Date().toISOString().slice(0, 10);
+// Baselines that are not C, by the side their JSON lines carry.
+const BASELINE_SIDES = { kernel: "kernel", dpdk: "DPDK" };
 
 const median = (v) => {
   const s = [...v].sort((a, b) => a - b), m = s.length >> 1;
@@ -323,7 +359,8 @@ function rows(lines, machines) {
     const baseId = e.baseline ?? e.bench.replace(/\.raw$/, "");
     const base = e.baselineSide
       ? all.get(`${e.where}|${baseId}|${e.baselineSide}`)
-      : all.get(`${e.where}|${baseId}|c`) ?? all.get(`${e.where}|${baseId}|kernel`);
+      : all.get(`${e.where}|${baseId}|c`) ?? all.get(`${e.where}|${baseId}|kernel`) ??
+        all.get(`${e.where}|${baseId}|dpdk`);
     const rate = RATE_UNITS.has(e.unit);
     const best = (v) => (v.length ? (rate ? Math.max(...v) : Math.min(...v)) : undefined);
     const value = e.samples.length ? median(e.samples) : undefined;
@@ -345,7 +382,7 @@ function rows(lines, machines) {
       machine: machines[e.where],
       date: today,
       description: DESCRIPTIONS[e.bench] ?? e.bench,
-      baseline: `${base?.side === "kernel" ? "kernel" : e.baselineSide ? e.baselineSide : "C"} ${baseId}` +
+      baseline: `${BASELINE_SIDES[base?.side] ?? e.baselineSide ?? "C"} ${baseId}` +
         (goalEntry ? `: ${goalEntry[2]}` : ""),
       best: round(best(e.samples)),
       baseline_best: round(base ? best(base.samples) : undefined),
@@ -357,6 +394,9 @@ function rows(lines, machines) {
       ...(e.note ? { note: e.note } : {}),
       ...(e.error ? { error: e.error } : {}),
       ...(!base ? { error: e.error ?? `no ${baseId} baseline was measured` } : {}),
+      ...(base?.error && !base.samples.length
+        ? { error: e.error ?? `${base.side} baseline: ${base.error}` }
+        : {}),
     });
   }
   return sortRows(out);
@@ -445,7 +485,7 @@ function table(results, machines) {
   for (const [w, m] of Object.entries(machines)) if (m) console.log(`${w}: ${m}`);
   console.log("min/max: best repetition (min for times, max for rates); ratio: median / baseline median;");
   console.log(
-    "best: best / baseline best. Rates (pairs/s, IOPS): higher is better, so their goals are >=.\n",
+    "best: best / baseline best. Rates (pairs/s, IOPS, pps): higher is better, so their goals are >=.\n",
   );
   console.log(line(head).trimEnd());
   console.log(widths.map((w) => "-".repeat(w)).join("  "));
@@ -460,7 +500,7 @@ function table(results, machines) {
 // --- Main ----------------------------------------------------------------------------------------
 
 async function main() {
-  const wantHost = !flag("--no-host"), wantLab = !flag("--no-lab");
+  const wantHost = !flag("--no-host") && only === undefined, wantLab = !flag("--no-lab");
   ensureTools(wantLab);
   buildC();
   const lines = [];

@@ -10,9 +10,10 @@
 //
 // Output: a caption built from the rows' machine (and date, when the rows carry one), a table of the
 // rows with a goal, then a second table of the diagnostic rows (goal "diagnostic" in results.json),
-// which isolate one layer of a goal row and are not judged. Missing values print as "–". The output
-// is already in the shape `deno fmt` gives Markdown (padded table columns, prose wrapped at the
-// deno.json lineWidth), so `deno fmt --check` and `--check` agree.
+// which isolate one layer of a goal row and are not judged. Missing values print as "–"; a goal row
+// whose runtime failed (an "error" and no ratio, e.g. its benchmark crashed) says "error" where "met"
+// would stand. The output is already in the shape `deno fmt` gives Markdown (padded table columns,
+// prose wrapped at the deno.json lineWidth), so `deno fmt --check` and `--check` agree.
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -154,6 +155,7 @@ function values(g) {
   return {
     value: rt.map((r) => num(r?.value)),
     ratio: rt.map((r) => ratio(r)),
+    failed: rt.map((r) => typeof r?.error === "string" && !isNum(ratio(r))),
   };
 }
 
@@ -200,7 +202,7 @@ function render(results) {
       g.baseline,
       ...v.ratio.map(ratioText),
       g.goal?.label ?? g.goalText,
-      ...v.ratio.map((r) => metText(g.goal, r)),
+      ...v.ratio.map((r, i) => (v.failed[i] ? "error" : metText(g.goal, r))),
     ].map(cell);
   });
   // A diagnostic row's description is written to follow its goal row ("same, IOMMU info read once"):
