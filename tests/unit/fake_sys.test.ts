@@ -156,3 +156,37 @@ test("fake_sys: SET_IRQS eventfds on INTx/MSI/MSI-X while another of them has tr
   for (const fd of [efd, device, group, container]) fake.close(fd);
   assert.deepEqual(fake.leaks(), []);
 });
+
+test("fake_sys: type1 map and unmap of a range that wraps past 2^64 are EOVERFLOW since 6.19, EINVAL before", () => {
+  for (const [release, errno] of [["7.3.4", -75], ["6.12.57", -22]] as const) {
+    const fake = withEdu();
+    fake.release = release;
+    const container = fake.open("/dev/vfio/vfio", 0);
+    const group = fake.open("/dev/vfio/4", 0);
+    fake.ioctlPtr(group, V.VFIO_GROUP_SET_CONTAINER, int32(container));
+    fake.ioctlInt(container, V.VFIO_SET_IOMMU, V.VFIO_TYPE1v2_IOMMU);
+    const vaddr = fake.mmap(0x2000, 3, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    const map = (iova: bigint) => {
+      const m = V.vfio_iommu_type1_dma_map.alloc();
+      m.set("flags", 3).set("vaddr", vaddr).set("iova", iova).set("size", 0x2000n);
+      return fake.ioctlPtr(container, V.VFIO_IOMMU_MAP_DMA, m.bytes);
+    };
+    const unmap = (iova: bigint) => {
+      const u = V.vfio_iommu_type1_dma_unmap.alloc();
+      u.set("iova", iova).set("size", 0x2000n);
+      return fake.ioctlPtr(container, V.VFIO_IOMMU_UNMAP_DMA, u.bytes);
+    };
+    // vfio_dma_map_limit_test overflow: the top page of the 64-bit space plus one more.
+    assert.equal(map(0xfffffffffffff000n), errno, release);
+    assert.equal(unmap(0xfffffffffffff000n), errno, release);
+    // Past the reported ranges without wrapping stays EINVAL; inside them, the same size maps.
+    assert.equal(map(0xfffffffffffe0000n), -22, release);
+    assert.equal(map(0x100000n), 0, release);
+    assert.equal(unmap(0x100000n), 0, release);
+    fake.close(group);
+    fake.close(container);
+    fake.memory(vaddr, 0x2000).transfer(0);
+    fake.munmap(vaddr, 0x2000);
+    assert.deepEqual(fake.leaks(), [], release);
+  }
+});

@@ -21,7 +21,8 @@
  *   fires them (count 0 disables the index), and closing the device disables everything. INTx, MSI
  *   and MSI-X are one type at a time: attaching eventfds to one while another has some is EINVAL.
  * - MAP_DMA pins memory against RLIMIT_MEMLOCK (ENOMEM), needs mapped memory (EFAULT), refuses
- *   overlaps (EEXIST) and IOVAs outside the reported ranges (EINVAL).
+ *   overlaps (EEXIST) and IOVAs outside the reported ranges (EINVAL). MAP_DMA and UNMAP_DMA of a
+ *   range that wraps past 2^64 are EOVERFLOW since Linux 6.19 (EINVAL before).
  *
  * iommufd (drivers/iommu/iommufd/{main,ioas,io_pagetable,device}.c, drivers/vfio/device_cdev.c),
  * when {@link FakeSys.iommufd} is on:
@@ -1236,6 +1237,10 @@ export class FakeSys implements Sys {
         if (typeof s === "number" || driver) return typeof s === "number" ? s : driver;
         const [iova, size, vaddr] = [s.get("iova"), s.get("size"), s.get("vaddr")];
         const page = this.iovaPgsizes & -this.iovaPgsizes;
+        // vfio_dma_do_map: an IOVA or vaddr range that wraps past 2^64 (check_add_overflow, 6.19+).
+        if (size !== 0n && (iova + size - 1n > U64_MAX || vaddr + size - 1n > U64_MAX)) {
+          return err(this.since("6.19") ? "EOVERFLOW" : "EINVAL");
+        }
         if (size === 0n || (iova | size | vaddr) % page !== 0n) return err("EINVAL");
         if (this.iovaRanges && !this.iovaRanges.some((r) => iova >= r.start && iova + size - 1n <= r.last)) {
           return err("EINVAL");
@@ -1265,6 +1270,8 @@ export class FakeSys implements Sys {
         if (all ? iova !== 0n || size !== 0n || !this.extensions.has(V.VFIO_UNMAP_ALL) : flags || !size) {
           return err("EINVAL");
         }
+        // vfio_dma_do_unmap: a range that wraps past 2^64 (check_add_overflow, 6.19+).
+        if (!all && iova + size - 1n > U64_MAX) return err(this.since("6.19") ? "EOVERFLOW" : "EINVAL");
         const hit = all ? [...c.mappings.values()] : overlap(iova, size);
         // type1v2 will not split a mapping.
         if (!all && hit.some((m) => m.iova < iova || m.iova + m.size > iova + size)) return err("EINVAL");
