@@ -22,7 +22,7 @@ import { memlockHint } from "./limits.ts";
 import { describeHolders } from "./proc.ts";
 import { regionMappingAt } from "./region.ts";
 import type { Sys } from "./sys.ts";
-import { deviceCdev, driverOf, requirePciDevice } from "./sysfs.ts";
+import { deviceCdev, driverOf, iommuGroupOf, requirePciDevice } from "./sysfs.ts";
 import { canonicalVfToken, vfTokenBytes, vfTokenHint, vfTokenMisuseHint } from "./vf_token.ts";
 import {
   IOMMU_DESTROY,
@@ -562,13 +562,18 @@ export class IommufdIoas extends IommuBase {
               ? "a device without an IOMMU needs CAP_SYS_RAWIO: run as root"
               : interruptRemappingHint("iommufd") // checked at bind since Linux 6.3
             : code === "EBUSY"
-            ? "the device's group is open through the legacy container API (/dev/vfio/N): close it there"
+            ? `the device's group is open through the legacy container API (${
+              legacyGroupHolders(this.#sys, name, noiommu)
+            }): close it there`
             : code === "EACCES"
             ? vfTokenHint(this.#sys, name, token)
             : code === "EINVAL" && token !== undefined
             ? `${vfTokenMisuseHint(this.#sys, name)}; or the device is already bound to an iommufd`
             : code === "EINVAL"
-            ? "the device is already bound to an iommufd, through this open of the cdev or another"
+            ? `the device is already bound to an iommufd, through another open of ${fd.path} (one bind per ` +
+              `device): held by ${
+                describeHolders(this.#sys, fd.path, "no other process; in this one", { exceptSelf: true })
+              }`
             : undefined,
       );
     if (token === undefined) {
@@ -659,5 +664,16 @@ function withScratch<T>(sys: Sys, length: number, fn: (address: bigint, bytes: U
   } finally {
     buffer.transfer(0);
     sys.munmap(address, size);
+  }
+}
+
+// The group node of a device and who holds it open, for the hint of a bind refused because the
+// group is open the legacy way. A diagnostic: it never throws.
+function legacyGroupHolders(sys: Sys, name: string, noiommu: boolean): string {
+  try {
+    const node = `/dev/vfio/${noiommu ? "noiommu-" : ""}${iommuGroupOf(sys, name)}`;
+    return `${node}, held by ${describeHolders(sys, node, "another process, or this one")}`;
+  } catch {
+    return "/dev/vfio/N";
   }
 }

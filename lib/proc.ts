@@ -67,9 +67,20 @@ export function fileHolders(sys: Sys, path: string): FileHolder[] {
  * @param sys The syscall backend.
  * @param path The file, as /proc/PID/fd names it.
  * @param otherwise What to say when no holder is visible (another user's process, or this one).
+ * @param options `exceptSelf`: leave the calling process out.
  * @returns The text.
  */
-export function describeHolders(sys: Sys, path: string, otherwise: string): string {
-  const holders = fileHolders(sys, path);
+export function describeHolders(
+  sys: Sys,
+  path: string,
+  otherwise: string,
+  options: { exceptSelf?: boolean } = {},
+): string {
+  let holders = fileHolders(sys, path);
+  if (options.exceptSelf) {
+    // The caller holds the file itself (a cdev it opened, whose bind failed): name only the others.
+    const self = sys.readLink("/proc/self");
+    holders = holders.filter((h) => String(h.pid) !== self);
+  }
   return holders.length ? holders.map((h) => `${h.comm || "?"} (pid ${h.pid})`).join(", ") : otherwise;
 }

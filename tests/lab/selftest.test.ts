@@ -543,7 +543,13 @@ for (const { title, names } of openers) {
             ["VFIO_DEVICE_BIND_IOMMUFD", "EBUSY", 16],
             why,
           );
-          assert.match(result.hint ?? "", /group is open through the legacy container API/, why);
+          assert.match(
+            result.hint ?? "",
+            new RegExp(
+              `group is open through the legacy container API \\(/dev/vfio/\\d+, held by .*\\(pid ${held.pid}\\)`,
+            ),
+            why,
+          );
         } else {
           // The cdev itself opens any number of times; vfio_df_open lets one bind at a time, the
           // others get EINVAL ("only the group path allows the device to be opened multiple times").
@@ -552,7 +558,11 @@ for (const { title, names } of openers) {
             ["VFIO_DEVICE_BIND_IOMMUFD", "EINVAL", 22],
             why,
           );
-          assert.match(result.hint ?? "", /already bound to an iommufd/, why);
+          assert.match(
+            result.hint ?? "",
+            new RegExp(`already bound to an iommufd.*held by .*\\(pid ${held.pid}\\)`),
+            why,
+          );
         }
       }
       assert.equal(await holder.finish(), 0, holder.output());
