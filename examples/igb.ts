@@ -403,11 +403,8 @@ export class IgbQueue {
     bar.write32(REG.TDLEN(q), this.size * DESC);
     bar.write32(REG.TDH(q), 0);
     bar.write32(REG.TDT(q), 0);
-    this.#txTail =
-      this.#txClean =
-      this.#batchHead =
-      this.#batchTail =
-        0;
+    this.#txTail = this.#txClean = 0;
+    this.#batchHead = this.#batchTail = 0;
   }
 
   /**
@@ -923,8 +920,8 @@ export class Igb implements AsyncDisposable, Disposable {
   async #start(): Promise<void> {
     const bar = this.#bar, o = this.#o, device = this.#device;
     let t = performance.now();
-    // The function reset (FLR) clears what a previous user left, VFs included; CTRL.RST then puts
-    // the MAC in its documented state (and is all there is without a reset method).
+    // The function reset (FLR) clears what a previous user left; CTRL.RST then puts the MAC in its
+    // documented state (and is all there is without a reset method).
     if (device.info().reset) device.reset();
     bar.write32(REG.IMC, 0xffffffff);
     bar.write32(REG.EIMC, 0xffffffff);
@@ -945,7 +942,7 @@ export class Igb implements AsyncDisposable, Disposable {
     this.#mac = [ral, ral >>> 8, ral >>> 16, ral >>> 24, rah, rah >>> 8]
       .map((b) => (b & 0xff).toString(16).padStart(2, "0")).join(":");
 
-    // DMA memory before the port can use any of it: rings, then a frame buffer per descriptor.
+    // DMA memory, before the port is told about any of it: a frame buffer per descriptor, the rings.
     const arena = arenas.get(this.#dma) ?? { users: 0, buffers: [] };
     arenas.set(this.#dma, arena);
     arena.users++;
@@ -1031,9 +1028,9 @@ export class Igb implements AsyncDisposable, Disposable {
     o.log(
       `${this.name}: MAC ${this.#mac}, link up in ${this.timings.link} ms, ${o.queues} queue pair${
         o.queues === 1 ? "" : "s"
-      } of ${o.ringSize} descriptors, ${this.#irq ? `MSI-X vectors 0-${o.queues - 1}` : "polling"}${
-        o.loopback ? ", MAC loopback" : ""
-      }${discarded ? `; ${discarded} stale frames discarded` : ""}`,
+      } of ${o.ringSize} descriptors, ${
+        this.#irq ? (o.queues === 1 ? "MSI-X vector 0" : `MSI-X vectors 0-${o.queues - 1}`) : "polling"
+      }${o.loopback ? ", MAC loopback" : ""}${discarded ? `; ${discarded} stale frames discarded` : ""}`,
     );
   }
 
@@ -1836,9 +1833,9 @@ async function run(
     }
     say(
       `memcpy: ${memcpy} bytes from ${a.name} iova 0x${src.iova.toString(16)} to ${receiver.name} iova ` +
-        `0x${
-          dst.iova.toString(16)
-        } in ${r.frames} frames, ${ms} ms, ${r.interrupts} completion interrupts; byte-exact`,
+        `0x${dst.iova.toString(16)} in ${r.frames} frames, ${ms} ms, ${r.interrupts} completion interrupt${
+          r.interrupts === 1 ? "" : "s"
+        }; byte-exact`,
     );
     report.memcpy = { bytes: memcpy, frames: r.frames, interrupts: r.interrupts, ms };
     return;
