@@ -2,19 +2,23 @@
 # The lab half of `npm run bench`: runs inside the guest of scripts/lab/run.sh, in the repo, after
 # scripts/bench.mjs has built bench/build/ on the host. Writes, under OUT:
 #   results.jsonl      one JSON line per benchmark and side (C, deno, bun)
-#   fio-qdN-R.json     fio's report of each kernel-driver run
+#   fio-qdN-R.json     fio's report of each kernel-driver run (QD 1, 4, 16, 32 and 64)
 #   machine            what ran it
 # Every group is opened by one process at a time: the C baseline (for igb: DPDK's testpmd, side
 # "dpdk", through bench/testpmd.sh) and the two runtimes take turns.
 #
 # usage: bench/lab.sh OUT   (env: BENCH_ROUNDS BENCH_REPS BENCH_TARGET_MS BENCH_WARMUP_MS BENCH_IO_MS
-#                            BENCH_C_WARMUP_MS BENCH_IRQ_EVENTS BENCH_IGB_SECONDS BENCH_ONLY=edu|nvme|igb)
+#                            BENCH_C_WARMUP_MS BENCH_IRQ_EVENTS BENCH_IGB_SECONDS BENCH_ONLY=edu|nvme|igb
+#                            BENCH_NVME_REPS)
+# NVMe: every point (runtime, mode, queue depth; fio at each depth) is BENCH_NVME_REPS repetitions
+# of BENCH_IO_MS.
 # The JS warm-up (BENCH_WARMUP_MS) is seconds, because JIT tiers settle slowly under TCG; C needs none
 # beyond page faults and caches (BENCH_C_WARMUP_MS).
 set -uo pipefail
 out=${1:?usage: bench/lab.sh OUT}
 rounds=${BENCH_ROUNDS:-2} reps=${BENCH_REPS:-5} target=${BENCH_TARGET_MS:-100} warm=${BENCH_WARMUP_MS:-100}
-c_warm=${BENCH_C_WARMUP_MS:-300} io_ms=${BENCH_IO_MS:-2000} events=${BENCH_IRQ_EVENTS:-500} only=${BENCH_ONLY:-}
+c_warm=${BENCH_C_WARMUP_MS:-300} io_ms=${BENCH_IO_MS:-1000} events=${BENCH_IRQ_EVENTS:-500} only=${BENCH_ONLY:-}
+nvme_reps=${BENCH_NVME_REPS:-3}
 igb_s=${BENCH_IGB_SECONDS:-3}
 edu=0000:00:04.0 nvme=0000:00:05.0
 case $only in ""|edu|nvme|igb) ;; *) echo "bench/lab.sh: BENCH_ONLY must be edu, nvme or igb" >&2; exit 2 ;; esac
@@ -24,7 +28,8 @@ results=$out/results.jsonl
 : > "$results"
 status=0
 say() { echo "bench-lab: $*" >&2; }
-opts=(--reps "$reps" --target-ms "$target" --warmup-ms "$warm" --irq-events "$events" --io-ms "$io_ms")
+opts=(--reps "$reps" --target-ms "$target" --warmup-ms "$warm" --irq-events "$events" --io-ms "$io_ms"
+  --nvme-reps "$nvme_reps")
 js() { # runtime part
   if [ "$1" = deno ]; then deno run -A bench/lab.ts --part "$2" "${opts[@]}" >> "$results" || status=1
   else bun bench/lab.ts --part "$2" "${opts[@]}" >> "$results" || status=1; fi
@@ -42,7 +47,9 @@ fi
 if want nvme; then
   for rt in deno bun; do say "nvme: $rt"; js "$rt" nvme; done
 
-  # The kernel's nvme driver on the same controller: rebind it, run fio (io_uring), give it back.
+  # The kernel's nvme driver on the same controller: rebind it, run fio (io_uring, one job: the
+  # kernel's one I/O queue per vCPU serves it; the JS rows with two queues compare with it too),
+  # give it back.
   d=/sys/bus/pci/devices/$nvme
   say "nvme: binding $nvme to the kernel nvme driver"
   [ -e "$d/driver" ] && echo "$nvme" > "$d/driver/unbind"
@@ -64,8 +71,8 @@ if want nvme; then
   else
     say "nvme: fio on $dev"
     secs=$(awk "BEGIN { printf \"%.3f\", $io_ms / 1000 }")
-    for qd in 1 32; do
-      for r in $(seq "$reps"); do
+    for qd in 1 4 16 32 64; do
+      for r in $(seq "$nvme_reps"); do
         # The first run of each depth carries the warm-up, as the JS side's.
         ramp=0; [ "$r" = 1 ] && ramp=$(awk "BEGIN { printf \"%.3f\", $io_ms / 2000 }")
         fio --name=randread --filename="$dev" --ioengine=io_uring --direct=1 --rw=randread --bs=4k \

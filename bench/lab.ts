@@ -16,11 +16,10 @@
  * - `dma.map_unmap_4k.cached_info`: the same with the IOMMU info read once (diagnostic);
  * - `dma.map_unmap_4k.live_N`: the same pair with N other mappings live (the scaling curve).
  *
- * `--part nvme` (0000:00:05.0), random 4 KiB reads over the whole namespace, IOPS:
- * - `nvme.randread4k.qd1`: `NvmeController.read()` from examples/nvme.ts, with MSI-X;
- * - `nvme.randread4k.qd1.poll`: the same, polled (diagnostic);
- * - `nvme.randread4k.qd32` and `.qd1.queue`: 32 (or 1) reads in flight on bench/nvme_queue.ts,
- *   polled.
+ * `--part nvme` (0000:00:05.0): random 4 KiB reads at queue depths 1 to 64 through the asynchronous
+ * driver of examples/nvme.ts (MSI-X on one and two queues, polled), the blocking driver, and the
+ * lean queue of bench/nvme_queue.ts; bench/lab_nvme.ts describes the rows. `--nvme-reps N` timed
+ * repetitions of `--io-ms` each per point (default 3).
  *
  * ```sh
  * deno run -A bench/lab.ts --part edu|nvme [--reps 5] [--target-ms 100] [--warmup-ms 100]
@@ -52,16 +51,17 @@ import {
   VFIO_IOMMU_UNMAP_DMA,
   VFIO_PCI_MSI_IRQ_INDEX,
 } from "../lib/uapi/vfio.ts";
-import { NvmeController, PAGE } from "../examples/nvme.ts";
+import { PAGE } from "../examples/nvme.ts";
 import { emitFloor, ioctlVariants } from "./_ffi_floor.ts";
 import { argValue, emit, log, optionsFromArgs, percentile, sink, timeOps } from "./_harness.ts";
-import { BenchQueue } from "./nvme_queue.ts";
+import { nvmeBenches } from "./lab_nvme.ts";
 
 const EDU = argValue("edu") ?? "0000:00:04.0";
 const NVME = argValue("nvme") ?? "0000:00:05.0";
 const o = optionsFromArgs({ reps: 5, targetMs: 100, warmupMs: 100 });
 const irqEvents = Number(argValue("irq-events") ?? 500);
-const ioMs = Number(argValue("io-ms") ?? 2000);
+const ioMs = Number(argValue("io-ms") ?? 1000);
+const nvmeReps = Number(argValue("nvme-reps") ?? 3);
 const sys = await loadSys();
 const part = argValue("part") ?? "edu";
 
@@ -313,82 +313,7 @@ if (part === "edu") {
     }
   });
 } else if (part === "nvme") {
-  const random = (() => {
-    let x = 0x2545f491;
-    return () => {
-      x ^= x << 13;
-      x ^= x >>> 17;
-      x ^= x << 5;
-      return (x >>> 0);
-    };
-  })();
-  // IOPS of `step` (one read per call) over `ms`, after the warm-up.
-  const iops = (step: () => void, ms: number) => {
-    const out: number[] = [];
-    const warm = performance.now() + Math.max(o.warmupMs, ms / 2);
-    while (performance.now() < warm) step();
-    for (let r = 0; r < o.reps; r++) {
-      let n = 0;
-      const t0 = performance.now(), end = t0 + ms;
-      let now = t0;
-      while (now < end) {
-        step();
-        n++;
-        now = performance.now();
-      }
-      out.push(n / ((now - t0) / 1000));
-    }
-    return out;
-  };
-
-  // QD1 through the example's own API: MSI-X (the headline, interrupt-driven like the kernel
-  // driver under fio) and polled (diagnostic; a short command timeout so a stall shows quickly).
-  for (const mode of ["msix", "poll"] as const) {
-    const bench = `nvme.randread4k.qd1${mode === "msix" ? "" : ".poll"}`;
-    await section(bench, () => {
-      using vfio = openPciDevice(sys, NVME);
-      using nvme = NvmeController.init(vfio, { poll: mode === "poll", timeoutMs: 3000 });
-      using buf = vfio.dma.alloc(PAGE);
-      const per = PAGE / nvme.namespace.blockSize;
-      const slots = Math.floor(nvme.namespace.blocks / per);
-      log(`${bench} on ${NVME}: ${vfio.backend.kind}, ${slots} 4 KiB slots`);
-      const samples = iops(
-        () => nvme.read({ lba: (random() % slots) * per, blocks: per, buffer: buf }),
-        ioMs,
-      );
-      emit({
-        bench,
-        baseline: "nvme.randread4k.qd1",
-        unit: "IOPS",
-        samples,
-        note: `NvmeController.read, ${mode === "poll" ? "polled" : "MSI-X"}, ${vfio.backend.kind}`,
-      });
-    });
-  }
-
-  // QD32 (and QD1 for comparison) on bench/nvme_queue.ts, polled.
-  await section("nvme.randread4k.qd32", () => {
-    using vfio = openPciDevice(sys, NVME);
-    using nvme = NvmeController.init(vfio, { poll: true, timeoutMs: 3000 });
-    using q = new BenchQueue(vfio, nvme);
-    log(`nvme.randread4k.qd32 on ${NVME}: ${vfio.backend.kind}, queue ${q.qid}`);
-    for (const qd of [32, 1]) {
-      const warm = performance.now() + Math.max(o.warmupMs, ioMs / 2);
-      while (performance.now() < warm) q.run(qd, 200);
-      const samples: number[] = [];
-      for (let r = 0; r < o.reps; r++) {
-        const { ios, elapsedMs } = q.run(qd, ioMs);
-        samples.push(ios / (elapsedMs / 1000));
-      }
-      emit({
-        bench: qd === 32 ? "nvme.randread4k.qd32" : "nvme.randread4k.qd1.queue",
-        baseline: `nvme.randread4k.qd${qd}`,
-        unit: "IOPS",
-        samples,
-        note: `bench/nvme_queue.ts, polled, ${vfio.backend.kind}`,
-      });
-    }
-  });
+  await nvmeBenches({ sys, bdf: NVME, o, reps: nvmeReps, ioMs, section });
 } else {
   throw new TypeError(`Cannot run part ${part}: expected edu or nvme`);
 }

@@ -1,9 +1,11 @@
 /**
- * A polled NVMe I/O queue pair for the IOPS benchmark, built on the exported pieces of
+ * A lean NVMe I/O queue pair for the IOPS benchmark, built on the exported pieces of
  * examples/nvme.ts: {@link NvmeController} brings the controller up and runs the admin commands
  * that create and delete the queue; this file owns the queue memory, the doorbells and the
- * submit/complete loop. It exists because `NvmeController.read` runs one call at a time (QD1);
- * this keeps `qd` random 4 KiB reads in flight.
+ * submit/complete loop, with no driver in between: the floor under the driver's rows. It keeps
+ * `qd` random 4 KiB reads in flight and, between looks at the completion queue, spins (polled), or
+ * waits for the queue's MSI-X vector with `irq.wait()` (poll(2) on this thread: no hop, but the
+ * event loop is blocked) or `await irq.next()` (the read off the thread, as the driver waits).
  *
  * The queue takes queue ID 2, beside the controller's own I/O queue 1. The controller asked for one
  * I/O queue pair in Set Features (Number of Queues); QEMU's controller accepts more queues than
@@ -11,10 +13,13 @@
  *
  * @module
  */
-import type { DmaBuffer, OpenedDevice, RawMmio, Registers } from "../mod.ts";
+import type { DmaBuffer, OpenedDevice, RawMmio, Registers, VfioIrq } from "../mod.ts";
 import { ADMIN, NVM, type NvmeController, PAGE, REG } from "../examples/nvme.ts";
 
-/** A polled submission/completion queue pair doing random 4 KiB reads. */
+/** How {@link BenchQueue.run} waits when the completion queue is empty. */
+export type QueueWait = "spin" | "wait" | "next";
+
+/** A submission/completion queue pair doing random 4 KiB reads. */
 export class BenchQueue implements Disposable {
   readonly #nvme: NvmeController;
   readonly #bar: Registers;
@@ -27,6 +32,8 @@ export class BenchQueue implements Disposable {
   readonly #cqDoorbell: number;
   readonly #slots: number; // 4 KiB slots in namespace 1
   readonly #nlb: number; // blocks per 4 KiB, 0's based
+  readonly #irq: VfioIrq | undefined;
+  readonly #vector: number;
   #tail = 0;
   #head = 0;
   #phase = 1;
@@ -40,9 +47,19 @@ export class BenchQueue implements Disposable {
    * @param nvme The controller, initialised.
    * @param qid The queue ID to create.
    * @param depth Entries per queue; at most depth - 1 reads are in flight.
+   * @param interrupts The MSI-X vectors (enabled by the caller) and the one this queue signals;
+   *   without, the queue's interrupts are off and it can only be polled.
    */
-  constructor(vfio: OpenedDevice, nvme: NvmeController, readonly qid = 2, readonly depth = 64) {
+  constructor(
+    vfio: OpenedDevice,
+    nvme: NvmeController,
+    readonly qid = 2,
+    readonly depth = 64,
+    interrupts?: { irq: VfioIrq; vector: number },
+  ) {
     this.#nvme = nvme;
+    this.#irq = interrupts?.irq;
+    this.#vector = interrupts?.vector ?? 0;
     const bs = nvme.namespace.blockSize;
     if (PAGE % bs !== 0) throw new RangeError(`Cannot read 4 KiB blocks: the block size is ${bs}`);
     this.#nlb = PAGE / bs - 1;
@@ -66,7 +83,8 @@ export class BenchQueue implements Disposable {
       opcode: ADMIN.CREATE_CQ,
       prp1: this.#cqMem.iova,
       cdw10: ((depth - 1) << 16) | qid,
-      cdw11: 1, // physically contiguous, interrupts off: this queue is polled
+      // Physically contiguous; interrupts on vector IV (IEN), or off.
+      cdw11: interrupts ? (this.#vector << 16) | (1 << 1) | 1 : 1,
     });
     try {
       nvme.admin(`create I/O submission queue ${qid}`, {
@@ -111,13 +129,18 @@ export class BenchQueue implements Disposable {
    *
    * @param qd Reads in flight, 1 to depth - 1.
    * @param ms How long to keep submitting.
+   * @param how How to wait when no completion is there: spin, or (with interrupts) `irq.wait()`
+   *   or `await irq.next()`.
    * @returns The reads completed and the time they took, in ms.
    * @throws {Error} If a read fails or the controller stops answering for 5 s.
    */
-  run(qd: number, ms: number): { ios: number; elapsedMs: number } {
+  async run(qd: number, ms: number, how: QueueWait = "spin"): Promise<{ ios: number; elapsedMs: number }> {
     if (!Number.isInteger(qd) || qd < 1 || qd >= this.depth) {
       throw new RangeError(`Cannot keep ${qd} reads in flight: the queue holds ${this.depth - 1}`);
     }
+    const irq = this.#irq, vector = this.#vector;
+    if (how !== "spin" && !irq) throw new TypeError(`Cannot ${how} for interrupts: the queue has none`);
+    const waitOptions = { vector, timeoutMs: 100 }, nextOptions = { vector };
     const cq = this.#cq, bar = this.#bar;
     const start = performance.now(), end = start + ms;
     let deadline = end + 5000;
@@ -147,7 +170,12 @@ export class BenchQueue implements Disposable {
         bar.write32(this.#cqDoorbell, this.#head);
         if (!stopping) bar.write32(this.#sqDoorbell, this.#tail);
       }
-      if ((++spins & 63) === 0 || n > 0) {
+      if (n === 0 && how !== "spin") {
+        // The interrupt only wakes; the queue is looked at again either way.
+        if (how === "wait") irq!.wait(waitOptions);
+        else await irq!.next(nextOptions);
+      }
+      if ((++spins & 63) === 0 || n > 0 || how !== "spin") {
         const now = performance.now();
         if (n > 0) last = now;
         if (!stopping && now >= end) {

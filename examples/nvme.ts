@@ -1,6 +1,6 @@
 /**
- * A small NVMe driver over VFIO: reset, admin queue, identify, several I/O queue pairs each with
- * its own MSI-X vector (or polled), and asynchronous block reads and writes described by PRPs, many
+ * A small NVMe driver over VFIO: reset, admin queue, identify, several I/O queue pairs signalling
+ * one MSI-X vector (or polled), and asynchronous block reads and writes described by PRPs, many
  * commands in flight per queue.
  *
  * ```sh
@@ -10,7 +10,7 @@
  *
  * ```ts ignore
  * using vfio = await open("0000:00:05.0");
- * await using nvme = Nvme.init(vfio, { queues: 2 }); // I/O queues 1 and 2, MSI-X vectors 1 and 2
+ * await using nvme = Nvme.init(vfio, { queues: 2 }); // I/O queues 1 and 2, both on MSI-X vector 1
  * const block0 = await nvme.read(0, 1); // resolves to a copy; or read(lba, blocks, dmaBuffer)
  * await Promise.all(Array.from({ length: 64 }, (_, i) => nvme.write(8 * i, block0))); // round robin
  * await nvme.flush();
@@ -22,12 +22,13 @@
  * 1. open the device through VFIO (the library picks the container or iommufd) and allocate every
  *    queue and buffer from its DMA pool, before the controller is touched, so that nothing can be
  *    freed while the controller may still write to it;
- * 2. enable bus mastering and, unless `poll`, MSI-X vectors 0 (admin) and 1 to N (I/O queues);
+ * 2. enable bus mastering and, unless `poll`, MSI-X vectors 0 (admin) and 1 (every I/O queue: one
+ *    thread reaps them all, so one wake-up serves them all);
  * 3. reset the controller (CC.EN=0, wait CSTS.RDY=0), point AQA/ASQ/ACQ at the admin queue, enable
  *    it (CC.EN=1 with the queue entry sizes and page size, wait CSTS.RDY=1, at most CAP.TO);
  * 4. Identify Controller and Identify Namespace 1;
  * 5. Set Features (Number of Queues) for N pairs, and as many as the controller grants: Create I/O
- *    Completion Queue i (vector i), Create I/O Submission Queue i;
+ *    Completion Queue i (vector 1), Create I/O Submission Queue i;
  * 6. read and write blocks: each call becomes commands of at most MDTS, each described by PRP1 and
  *    PRP2, or PRP1 and a PRP list (a page per command ID) when it spans more than two pages; data
  *    without a DMA buffer goes through a bounce page per command ID, or driver memory above a page;
@@ -47,17 +48,22 @@
  *   Promises. A call goes to one queue, round robin or `options.queue`; up to depth - 1 commands
  *   per queue are in the controller, and the rest wait in the driver for a command ID. Doorbells
  *   are rung once per burst of calls (a microtask).
- * - Reaping: per queue, a loop that runs while the queue has commands in flight, awaiting its
- *   vector (`irq.next()`: the eventfd is read off the JavaScript thread) and then reaping; with
- *   `poll: true`, one loop over the busy queues that yields to microtasks after a productive look,
- *   and otherwise spins for up to 50 µs and then yields to the event loop (setImmediate).
+ * - Reaping: one loop for every queue, while commands are in flight. It reaps whatever the
+ *   completion queues hold (one completion doorbell write per queue and look), yields to
+ *   microtasks so that the callers' continuations submit their next commands (one submission
+ *   doorbell write per burst), and looks again; only when every queue is empty does it ring the
+ *   doorbells and wait for vector 1 (`irq.next()`: an interrupt already counted is taken at once,
+ *   otherwise the eventfd is read off the JavaScript thread). With `poll: true` it spins on the
+ *   busy queues for up to 0.25 ms after an empty look and then yields to the event loop
+ *   (setImmediate). A call of one command allocates its Promise, one record and (for a read into a
+ *   DMA buffer) its result view; PRPs and LBAs travel as numbers.
  * - Timeouts: one timer, set for the earliest deadline of the calls in flight. A call past its
  *   deadline rejects with {@link NvmeTimeoutError}; its commands keep their command IDs and memory
  *   until the controller completes them or their queue is deleted (`error.released`). The NVMe
  *   Abort command is not sent: it is best-effort in the spec (the controller may answer "not
  *   aborted"), and it cannot reach a command whose doorbell the controller never saw. Abort here
  *   means the caller is released, never that a command ID or memory is reused early.
- * - Close (`using`, or `await using` to also wait for the reaper loops): every pending call
+ * - Close (`using`, or `await using` to also wait for the reaper loop): every pending call
  *   settles, successful if the controller completed it while its queue was deleted, otherwise with
  *   {@link NvmeError} kind `"closed"`.
  *
@@ -70,7 +76,7 @@
  * 0000:00:05.0: controller ready in 2.8 ms (CAP.TO 7500 ms, doorbell stride 4, up to 2048 queue entries)
  * model QEMU NVMe Ctrl, serial vfiotslab0001, firmware 10.0.2, NVMe 1.4.0
  * namespace 1: 131072 blocks of 512 bytes (64 MiB)
- * I/O queues 1-2: 64 entries each, MSI-X vectors 1-2; max transfer 512 KiB per command
+ * I/O queues 1-2: 64 entries each, MSI-X vector 1; max transfer 512 KiB per command
  * block 0 begins 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
  * verify: wrote 2048 blocks at LBA 1024 (1 MiB) and flushed: 100.2 ms, 10.0 MiB/s
  * verify: read them back: 30.6 ms, 32.7 MiB/s; they match
@@ -123,7 +129,7 @@ Brings up an NVMe controller bound to vfio-pci, prints what Identify says, and r
 
 options:
   --poll               poll for completions instead of waiting for MSI-X interrupts
-  --queues N           I/O queue pairs, each with its own MSI-X vector (default 2)
+  --queues N           I/O queue pairs, all on MSI-X vector 1 (default 2)
   --verify             write the test pattern to --blocks blocks at --lba, flush, and read it back,
                        whole and, concurrently over the queues, in pieces of growing size at an
                        unaligned buffer offset

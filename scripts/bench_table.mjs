@@ -191,7 +191,9 @@ function render(results) {
   if (!Array.isArray(results)) throw new Error("bench/results.json is not an array of rows");
   const groups = group(results);
   const goals = groups.filter((g) => g.goal || (g.goalText && g.goalText !== "diagnostic"));
-  const diags = groups.filter((g) => !goals.includes(g));
+  // The NVMe driver's rows without a goal of their own are in the NVMe matrix instead.
+  const diags = groups.filter((g) => !goals.includes(g) && !NVME_MATRIX_ROW.test(g.benchmark ?? ""));
+
   const main = goals.map((g) => {
     const v = values(g);
     return [
@@ -234,7 +236,78 @@ function render(results) {
       table(head, diag),
     );
   }
+  const matrix = nvmeMatrix(results);
+  if (matrix) {
+    out.push(
+      wrap(
+        "NVMe 4 KiB random reads by queue depth, the asynchronous driver (examples/nvme.ts): IOPS, and in " +
+          "parentheses the ratio to the kernel's nvme driver under fio (io_uring, one job) at the same " +
+          "depth in the same boot:",
+      ),
+      matrix,
+    );
+  }
   return out.join("\n\n");
+}
+
+// --- The NVMe matrix -----------------------------------------------------------------------------
+
+// nvme.randread4k.irq.qdN.qQ (MSI-X, Q queues) and nvme.randread4k.poll.qdN (polled, one queue).
+const NVME_MATRIX_ROW = /^nvme\.randread4k\.(irq|poll)\.qd(\d+)(?:\.q(\d+))?$/;
+
+// One line per mode and runtime with a cell per queue depth, then the kernel's line; undefined
+// when results.json has no such rows.
+function nvmeMatrix(results) {
+  const lines = new Map(); // "irq|1" → { deno: Map(qd → row), bun: ... }
+  const depths = new Set();
+  const kernel = new Map(); // qd → Set of baseline medians
+  for (const r of results) {
+    const m = r && typeof r.benchmark === "string" ? NVME_MATRIX_ROW.exec(r.benchmark) : null;
+    if (!m || !RUNTIMES.some(([k]) => k === r.runtime)) continue;
+    const qd = Number(m[2]), key = `${m[1]}|${m[3] ?? "1"}`;
+    depths.add(qd);
+    if (!lines.has(key)) lines.set(key, {});
+    const byRuntime = lines.get(key);
+    (byRuntime[r.runtime] ??= new Map()).set(qd, r);
+    if (isNum(r.baseline_value)) (kernel.get(qd) ?? kernel.set(qd, new Set()).get(qd)).add(r.baseline_value);
+  }
+  if (lines.size === 0) return undefined;
+  const qds = [...depths].sort((a, b) => a - b);
+  const order = (k) => (k.startsWith("irq") ? 0 : 1000) + Number(k.split("|")[1]);
+  const body = [];
+  for (const key of [...lines.keys()].sort((a, b) => order(a) - order(b))) {
+    const [mode, q] = key.split("|");
+    const label = mode === "irq"
+      ? `MSI-X, ${q} queue${q === "1" ? "" : "s"}`
+      : `polled, ${q} queue${q === "1" ? "" : "s"}`;
+    for (const [rt, name] of RUNTIMES) {
+      const rows = lines.get(key)[rt];
+      if (!rows) continue;
+      body.push([
+        label,
+        name,
+        ...qds.map((qd) => {
+          const r = rows.get(qd);
+          if (!r || !isNum(r.value)) return DASH;
+          const ratio = isNum(r.ratio)
+            ? r.ratio
+            : isNum(r.baseline_value) && r.baseline_value
+            ? r.value / r.baseline_value
+            : undefined;
+          return `${num(r.value)} (${ratioText(ratio)})`;
+        }),
+      ].map(cell));
+    }
+  }
+  body.push(
+    [
+      "kernel nvme driver",
+      "fio",
+      ...qds.map((qd) => kernel.has(qd) ? [...kernel.get(qd)].map(num).join(" / ") : DASH),
+    ]
+      .map(cell),
+  );
+  return table(["Mode", "Runtime", ...qds.map((qd) => `QD${qd}`)], body);
 }
 
 // --- README --------------------------------------------------------------------------------------

@@ -42,7 +42,18 @@ import {
 
 const ADMIN_DEPTH = 16;
 const DEFAULT_IO_DEPTH = 64;
-const POLL_SPIN_MS = 0.05; // a 4 KiB read on QEMU's controller under TCG takes about this long
+// MSI-X vector 0 signals the admin queue; every I/O queue signals vector 1. One thread reaps all of
+// them, so one wake-up serves every queue: a vector per queue would cost one eventfd wait (a hop to
+// another thread and back) per queue per wake-up.
+const ADMIN_VECTOR = 0;
+const IO_VECTOR = 1;
+const IO_WAIT = { vector: IO_VECTOR };
+// Polling: how long the poller spins on the busy queues after an empty look before it yields to the
+// event loop (setImmediate, which costs about 0.1 ms under TCG; a 4 KiB read on QEMU's controller
+// takes 0.05 to 0.3 ms).
+const POLL_SPIN_MS = 0.25;
+const NO_OPTIONS: IoOptions = {};
+const QUEUE_1: IoOptions = { queue: 1 };
 
 // --- Options and the shapes callers pass ----------------------------------------------------------
 
@@ -51,9 +62,9 @@ export interface NvmeOptions {
   /** Poll the completion queues instead of waiting for MSI-X interrupts. */
   poll?: boolean;
   /**
-   * I/O queue pairs to create (default 1), each with its own MSI-X vector. The driver asks for this
-   * many in Set Features (Number of Queues) and creates as many as the controller grants and the
-   * device has vectors for, at most this many.
+   * I/O queue pairs to create (default 1), all signalling MSI-X vector 1. The driver asks for this
+   * many in Set Features (Number of Queues) and creates as many as the controller grants, at most
+   * this many.
    */
   queues?: number;
   /**
@@ -103,7 +114,7 @@ export interface QueueState {
   id: number;
   /** Entries per queue: depth - 1 commands can be in flight. */
   depth: number;
-  /** Its MSI-X vector (0 when polled). */
+  /** Its MSI-X vector: 1, shared by every I/O queue (0 when polled: interrupts off). */
   vector: number;
   /** Commands holding a command ID: submitted and not yet completed, timed-out ones included. */
   inFlight: number;
@@ -115,11 +126,26 @@ export interface QueueState {
 
 // --- Calls and commands -------------------------------------------------------------------------
 
+// One command. Its command ID (and so its PRP list page and bounce page) is taken when it is
+// submitted; until then it waits in its queue's list. A call of one command (the usual case) is
+// its own command; a transfer split at MDTS has one of these per piece.
+interface Cmd {
+  readonly call: Call;
+  readonly lba: number;
+  readonly blocks: number; // 0: flush
+  readonly buffer: DmaBuffer | undefined; // undefined: the command ID's bounce page
+  readonly iova: number; // of the data's first byte in `buffer` (below 2^53: checked)
+  readonly bytes: number;
+  copyIn: Uint8Array | undefined; // write data for the bounce page
+  readonly raw: Command | undefined; // admin commands, built by the caller
+}
+
 // One call (a read, write, flush or admin command): one or more commands on one queue. It settles
 // once every command completed, or at its deadline, or when the driver closes. The controller may
 // own some of its commands after it settled (timeout, close): `inDevice` counts them, and
-// `release` runs when the last one is given back.
-class Call {
+// `release` runs when the last one is given back. Its fields are all set here, in one order, so
+// that every call has the same shape (the completion path reads them in a hot loop).
+class Call implements Cmd {
   remaining = 0; // commands not yet completed or dropped
   inDevice = 0; // commands holding a command ID
   done = false;
@@ -132,6 +158,12 @@ class Call {
   resolve: ((value: Uint8Array | undefined) => void) | undefined = undefined;
   reject: ((e: NvmeError) => void) | undefined = undefined;
   released: (() => void) | undefined = undefined;
+  // As its own command (a call of one command):
+  buffer: DmaBuffer | undefined = undefined;
+  iova = 0;
+  bytes = 0;
+  copyIn: Uint8Array | undefined = undefined;
+  raw: Command | undefined = undefined;
 
   constructor(
     readonly queue: IoQueue,
@@ -143,22 +175,13 @@ class Call {
     readonly label: string | undefined, // admin commands: what they are for
   ) {}
 
+  get call(): Call {
+    return this;
+  }
+
   get name(): string {
     return this.label ?? commandName(this.opcode, this.lba, this.blocks);
   }
-}
-
-// One command. Its command ID (and so its PRP list page and bounce page) is taken when it is
-// submitted; until then it waits in its queue's list.
-interface Cmd {
-  call: Call;
-  lba: number;
-  blocks: number; // 0: flush
-  buffer: DmaBuffer | undefined; // undefined: the command ID's bounce page
-  offset: number;
-  bytes: number;
-  copyIn: Uint8Array | undefined; // write data for the bounce page
-  raw: Command | undefined; // admin commands, built by the caller
 }
 
 type IoQueue = QueuePair<Cmd>;
@@ -197,10 +220,16 @@ export abstract class NvmeBase implements Disposable {
   readonly #log: (line: string) => void;
   readonly #async: boolean;
   readonly #resources: DisposableStack;
-  readonly #loops = new Set<Promise<void>>(); // reapers and the poller, while they run
+  readonly #loops = new Set<Promise<void>>(); // the reaper or the poller, while it runs
   #timer: ReturnType<typeof setTimeout> | undefined; // for the earliest deadline, or later
   #timerAt = Infinity;
-  #polling = false;
+  #reaping = false; // the reaper or the poller runs
+  #perCommand = 0; // blocks one command carries
+  // The DMA buffer of the last transfer, its bytes and its IOVA as a number: callers mostly reuse
+  // one buffer, so the hot path makes neither the full view nor the number again.
+  #lastBuffer: DmaBuffer | undefined;
+  #lastBytes: Uint8Array = new Uint8Array(0);
+  #lastIova = 0;
   #next = 0; // round robin
   #closed = false;
   #commands = 0;
@@ -239,12 +268,13 @@ export abstract class NvmeBase implements Disposable {
         `Cannot create I/O queues of ${ioDepth} entries: the controller takes 2 to ${this.cap.maxQueueEntries} (CAP.MQES)`,
       );
     }
-    // Vector 0 is the admin queue's, 1..N the I/O queues'.
-    const vectors = poll ? Infinity : device.irqInfo(uapi.VFIO_PCI_MSIX_IRQ_INDEX).count;
-    if (vectors < 2) {
-      throw new RangeError(`Cannot use MSI-X on ${device.name}: it has ${vectors} vectors; poll instead`);
+    if (!poll) {
+      const vectors = device.irqInfo(uapi.VFIO_PCI_MSIX_IRQ_INDEX).count;
+      if (vectors <= IO_VECTOR) {
+        throw new RangeError(`Cannot use MSI-X on ${device.name}: it has ${vectors} vectors; poll instead`);
+      }
     }
-    let queues = Math.min(wanted, vectors - 1);
+    let queues = wanted;
 
     // 1. All DMA memory first: nothing the controller can write to is freed before it is disabled.
     const alloc = (bytes: number) => stack.use(vfio.dma.alloc(bytes));
@@ -253,7 +283,7 @@ export abstract class NvmeBase implements Disposable {
       0,
       ADMIN_DEPTH,
       { sq: alloc(ADMIN_DEPTH * SQE_SIZE), cq: alloc(ADMIN_DEPTH * CQE_SIZE) },
-      0,
+      ADMIN_VECTOR,
       this.#bar,
       stride,
     );
@@ -266,7 +296,7 @@ export abstract class NvmeBase implements Disposable {
         bounce: alloc((ioDepth - 1) * PAGE),
       };
       // Without MSI-X, controllers accept only vector 0 (even for a queue with interrupts disabled).
-      io.push(new QueuePair(id, ioDepth, memory, poll ? 0 : id, this.#bar, stride));
+      io.push(new QueuePair(id, ioDepth, memory, poll ? 0 : IO_VECTOR, this.#bar, stride));
     }
     this.#io = io;
     this.#identifyPage = alloc(PAGE);
@@ -275,7 +305,7 @@ export abstract class NvmeBase implements Disposable {
     device.config.enableBusMaster();
     stack.defer(() => device.config.setCommand({ clear: uapi.PCI_COMMAND_MASTER }));
     if (!poll) {
-      this.#irq = stack.use(device.enableIrq(uapi.VFIO_PCI_MSIX_IRQ_INDEX, { count: queues + 1 }));
+      this.#irq = stack.use(device.enableIrq(uapi.VFIO_PCI_MSIX_IRQ_INDEX, { count: IO_VECTOR + 1 }));
     }
 
     // 3. Reset, admin queue, enable. From here on, disposal shuts the controller down first.
@@ -313,11 +343,14 @@ export abstract class NvmeBase implements Disposable {
     }
     for (const q of io) this.#createIoQueue(q, !poll);
     this.timings.queues = performance.now() - t;
-    const [which, vector] = queues === 1
-      ? [`I/O queue 1: ${ioDepth} entries`, "MSI-X vector 1"]
-      : [`I/O queues 1-${queues}: ${ioDepth} entries each`, `MSI-X vectors 1-${queues}`];
+    this.#perCommand = Math.min(Math.floor(this.maxTransfer / this.namespace.blockSize), 0x10000); // NLB: 16 bits
+    const which = queues === 1
+      ? `I/O queue 1: ${ioDepth} entries`
+      : `I/O queues 1-${queues}: ${ioDepth} entries each`;
     this.#log(
-      `${which}, ${poll ? "polled" : vector}; max transfer ${this.maxTransfer / 1024} KiB per command`,
+      `${which}, ${poll ? "polled" : `MSI-X vector ${IO_VECTOR}`}; max transfer ${
+        this.maxTransfer / 1024
+      } KiB per command`,
     );
     this.#resources = stack.move();
   }
@@ -352,14 +385,14 @@ export abstract class NvmeBase implements Disposable {
   /**
    * Commands submitted, and MSI-X interrupts received. A completion found before the driver waits
    * leaves its interrupt pending on the eventfd; reading the stats collects those too, on the
-   * vectors no reaper loop reads.
+   * vectors no reaper loop reads (the admin vector; the I/O vector of the blocking driver).
    */
   get stats(): { commands: number; interrupts: number } {
     const irq = this.#irq;
     if (irq && !irq.closed) {
       this.#interrupts += irq.wait({ timeoutMs: 0 });
       if (!this.#async) {
-        for (const q of this.#io) this.#interrupts += irq.wait({ vector: q.vector, timeoutMs: 0 });
+        this.#interrupts += irq.wait({ vector: IO_VECTOR, timeoutMs: 0 });
       }
     }
     return { commands: this.#commands, interrupts: this.#interrupts };
@@ -463,16 +496,8 @@ export abstract class NvmeBase implements Disposable {
 
   #adminSync(name: string, command: Command): Completion {
     const call = new Call(this.#admin, performance.now() + this.timeoutMs, this.timeoutMs, 0, 0, 0, name);
-    this.#start(call, [{
-      call,
-      lba: 0,
-      blocks: 0,
-      buffer: undefined,
-      offset: 0,
-      bytes: 0,
-      copyIn: undefined,
-      raw: command,
-    }]);
+    call.raw = command;
+    this.#start(call);
     this.waitFor(call);
     return { cid: call.cid, dw0: call.dw0, status: 0 };
   }
@@ -489,8 +514,9 @@ export abstract class NvmeBase implements Disposable {
    * @param opcode NVM.READ, NVM.WRITE or NVM.FLUSH.
    * @param lba The first block.
    * @param blocks How many blocks (0 for a flush).
-   * @param data Where the data is: part of a DMA buffer; bytes to write (copied); or, for a read,
-   *   undefined (into driver memory, resolved as a copy).
+   * @param data Where the data is: a DMA buffer (at `offset`); bytes to write (copied); or, for a
+   *   read, undefined (into driver memory, resolved as a copy).
+   * @param offset Where in the DMA buffer the data starts.
    * @param options The queue and the timeout.
    * @returns The call.
    * @throws {RangeError} If the transfer does not fit its buffer, or an option is out of range.
@@ -500,28 +526,20 @@ export abstract class NvmeBase implements Disposable {
     opcode: number,
     lba: number,
     blocks: number,
-    data: { buffer: DmaBuffer; offset: number } | Uint8Array | undefined,
+    data: DmaBuffer | Uint8Array | undefined,
+    offset: number,
     options: IoOptions,
   ): Call {
-    const verb = opcode === NVM.READ ? "read" : opcode === NVM.WRITE ? "write" : "flush";
     if (this.#closed) this.#checkOpen(opcode === NVM.FLUSH ? "flush" : commandName(opcode, lba, blocks));
     const q = this.#route(options.queue);
-    const timeoutMs = checkTimeout(options.timeoutMs ?? this.timeoutMs);
+    const timeoutMs = options.timeoutMs === undefined ? this.timeoutMs : checkTimeout(options.timeoutMs);
     const call = new Call(q, performance.now() + timeoutMs, timeoutMs, opcode, lba, blocks, undefined);
     if (opcode === NVM.FLUSH) {
-      this.#start(call, [{
-        call,
-        lba: 0,
-        blocks: 0,
-        buffer: undefined,
-        offset: 0,
-        bytes: 0,
-        copyIn: undefined,
-        raw: undefined,
-      }]);
+      this.#start(call);
       return call;
     }
     const bs = this.namespace.blockSize, bytes = blocks * bs;
+    const verb = opcode === NVM.READ ? "read" : "write";
     if (!Number.isSafeInteger(lba) || lba < 0 || !Number.isInteger(blocks) || blocks < 1) {
       throw new RangeError(
         `Cannot ${verb} ${blocks} blocks at LBA ${lba}: expected a block count above 0 and an LBA of 0 or more`,
@@ -529,30 +547,47 @@ export abstract class NvmeBase implements Disposable {
     }
     // The LBA range is not checked here: the controller checks it against the namespace and says
     // so in its status.
-    let buffer: DmaBuffer | undefined, offset = 0, copyIn: Uint8Array | undefined;
+    let buffer: DmaBuffer | undefined, copyIn: Uint8Array | undefined, iova = 0;
     if (data instanceof Uint8Array) {
+      offset = 0;
       if (bytes > PAGE) { // more than a bounce page: driver memory for this call
         call.scratch = buffer = this.#scratch(bytes);
         buffer.bytes.set(data);
+        iova = Number(buffer.iova);
       } else {
         copyIn = data;
       }
     } else if (data) {
-      ({ buffer, offset } = data);
+      buffer = data;
       if (buffer.freed) throw new TypeError(`Cannot ${verb} ${blocks} blocks: the DMA buffer was freed`);
-      checkIova(buffer);
+      if (buffer !== this.#lastBuffer) {
+        checkIova(buffer);
+        this.#lastIova = Number(buffer.iova);
+        this.#lastBytes = buffer.bytes;
+        this.#lastBuffer = buffer;
+      }
       if (!Number.isInteger(offset) || offset < 0 || offset % 4 !== 0 || offset + bytes > buffer.size) {
         throw new RangeError(
           `Cannot ${verb} ${blocks} blocks at buffer offset ${offset}: the offset must be dword-aligned and the ` +
             `${bytes} bytes must fit the ${buffer.size}-byte buffer`,
         );
       }
-      if (opcode === NVM.READ) call.result = buffer.bytes.subarray(offset, offset + bytes);
+      iova = this.#lastIova + offset;
+      if (opcode === NVM.READ) call.result = this.#lastBytes.subarray(offset, offset + bytes);
     } else if (bytes > PAGE) {
       call.scratch = buffer = this.#scratch(bytes);
       call.copyOut = bytes;
+      iova = Number(buffer.iova);
     }
-    const perCommand = Math.min(Math.floor(this.maxTransfer / bs), 0x10000); // NLB is 16 bits
+    const perCommand = this.#perCommand;
+    if (blocks <= perCommand) { // one command: the call is its own
+      call.buffer = buffer;
+      call.iova = iova;
+      call.bytes = bytes;
+      call.copyIn = copyIn;
+      this.#start(call);
+      return call;
+    }
     const cmds: Cmd[] = [];
     for (let done = 0; done < blocks; done += perCommand) {
       const n = Math.min(perCommand, blocks - done);
@@ -561,7 +596,7 @@ export abstract class NvmeBase implements Disposable {
         lba: lba + done,
         blocks: n,
         buffer,
-        offset: offset + done * bs,
+        iova: iova + done * bs,
         bytes: n * bs,
         copyIn,
         raw: undefined,
@@ -593,19 +628,26 @@ export abstract class NvmeBase implements Disposable {
     return this.#io[queue - 1]!;
   }
 
-  // Submits each command now if the queue has a free command ID and nothing waits before it,
-  // otherwise appends it to the queue's waiting list.
-  #start(call: Call, cmds: Cmd[]): void {
+  // Submits each command (the call itself, or `cmds`) now if the queue has a free command ID and
+  // nothing waits before it, otherwise appends it to the queue's waiting list.
+  #start(call: Call, cmds?: Cmd[]): void {
     const q = call.queue;
+    if (!cmds) {
+      call.remaining = 1;
+      this.#submitOrWait(q, call);
+      return;
+    }
     call.remaining = cmds.length;
-    for (const cmd of cmds) {
-      const cid = q.waiting.length === 0 ? q.free.pop() : undefined;
-      if (cid !== undefined) {
-        this.#issue(q, cid, cmd);
-      } else {
-        if (cmd.copyIn) cmd.copyIn = cmd.copyIn.slice(); // the caller may reuse its bytes meanwhile
-        q.waiting.push(cmd);
-      }
+    for (const cmd of cmds) this.#submitOrWait(q, cmd);
+  }
+
+  #submitOrWait(q: IoQueue, cmd: Cmd): void {
+    const cid = q.waiting.length === 0 ? q.free.pop() : undefined;
+    if (cid !== undefined) {
+      this.#issue(q, cid, cmd);
+    } else {
+      if (cmd.copyIn) cmd.copyIn = cmd.copyIn.slice(); // the caller may reuse its bytes meanwhile
+      q.waiting.push(cmd);
     }
   }
 
@@ -621,7 +663,7 @@ export abstract class NvmeBase implements Disposable {
     // here the command ID's own page of the queue's PRP list memory.
     let prp1: number;
     if (cmd.buffer) {
-      prp1 = Number(cmd.buffer.iova) + cmd.offset; // below 2^53: checked when the call started
+      prp1 = cmd.iova;
     } else { // the command ID's bounce page
       prp1 = q.bounceIova + cid * PAGE;
       if (cmd.copyIn) q.bounceBytes!.set(cmd.copyIn, cid * PAGE);
@@ -806,108 +848,113 @@ export abstract class NvmeBase implements Disposable {
   }
 
   /**
-   * The Promise of a call, settled by the reaper loops (or the timer, or close). Starts the loop
-   * that reaps the call's queue if none runs, and rings the doorbell once the caller's synchronous
-   * code is done.
+   * The Promise of a call, settled by the reaper (or the poller, the timer, or close). Starts the
+   * reaper if it is not running, and rings the doorbell once the caller's synchronous code is done.
    *
    * @param call The call, just started.
    * @returns Its result: the data of a read, undefined otherwise.
    */
   protected settled<T extends Uint8Array | undefined>(call: Call): Promise<T> {
     const { promise, resolve, reject } = Promise.withResolvers<T>();
-    [call.resolve, call.reject] = [resolve as (value: Uint8Array | undefined) => void, reject];
-    const q = call.queue;
-    q.ringSoon();
-    this.#track(call);
-    if (this.#irq) {
-      if (!q.reaping) this.#loop(this.#reap(q, this.#irq));
-    } else if (!this.#polling) {
-      this.#loop(this.#poll());
+    call.resolve = resolve as (value: Uint8Array | undefined) => void;
+    call.reject = reject;
+    call.queue.ringSoon();
+    if (call.deadline < this.#timerAt) this.#arm(call.deadline);
+    if (!this.#reaping) {
+      const loop = this.#irq ? this.#reap(this.#irq) : this.#poll();
+      this.#loops.add(loop);
+      void loop.finally(() => this.#loops.delete(loop));
     }
     return promise;
   }
 
-  #loop(p: Promise<void>): void {
-    this.#loops.add(p);
-    void p.finally(() => this.#loops.delete(p));
+  // Consumes every I/O queue's completions; returns how many.
+  #drainAll(): number {
+    let n = 0;
+    for (const q of this.#io) if (q.inFlight > 0) n += this.#drain(q);
+    return n;
   }
 
-  // While the queue has commands in flight: wait for its vector off the JavaScript thread, then
-  // reap. The interrupt is a wake-up only; the completion queue is the truth, so an interrupt
-  // counted before (or for entries already reaped) costs one empty look.
-  async #reap(q: IoQueue, irq: VfioIrq): Promise<void> {
-    q.reaping = true;
+  #busy(): boolean {
+    for (const q of this.#io) if (q.inFlight > 0) return true;
+    return false;
+  }
+
+  // MSI-X: one loop for every I/O queue, while any has commands in flight. It reaps whatever the
+  // completion queues hold, and only when they are all empty waits for the I/O vector (an interrupt
+  // already counted on the eventfd is taken at once; otherwise the eventfd is read off the JavaScript
+  // thread). After a look that found completions it yields to microtasks only: the callers'
+  // continuations run and submit their next commands, and then it looks again. The interrupt is a
+  // wake-up only; the completion queues are the truth, so a count for entries already reaped costs
+  // one empty look.
+  async #reap(irq: VfioIrq): Promise<void> {
+    this.#reaping = true;
     try {
-      while (!this.#closed && q.inFlight > 0) {
-        const n = await irq.next({ vector: q.vector });
-        if (this.#closed) break; // close() woke the wait; the queue memory may be gone
-        this.#interrupts += n;
-        this.#drain(q);
+      await undefined; // started by a call: the rest of the caller's synchronous code runs first
+      while (!this.#closed) {
+        if (this.#drainAll() > 0) {
+          await undefined;
+          continue;
+        }
+        if (!this.#busy()) break;
+        // What the callers submitted since the last look reaches the controller before the wait.
+        for (const q of this.#io) q.ring();
+        const n = await irq.next(IO_WAIT);
+        this.#interrupts += n; // 0 when close() woke the wait; the queue memory may then be gone
       }
     } catch (e) {
-      // A failing eventfd read (or a bug); the calls on this queue then time out.
-      this.#log(`${q.name}: the reaper stopped: ${e instanceof Error ? e.message : e}`);
+      // A failing eventfd read (or a bug); the calls in flight then time out.
+      this.#log(`the reaper stopped: ${e instanceof Error ? e.message : e}`);
     } finally {
-      q.reaping = false;
+      this.#reaping = false;
     }
   }
 
   // Polling: one loop over every queue with commands in flight. After a look that found
   // completions it yields to microtasks only (the callers' continuations, which may submit more).
-  // After an empty look it yields to microtasks once (doorbells are rung there), then spins on the
-  // busy queues for up to POLL_SPIN_MS, then yields to the event loop (setImmediate) so that timers
-  // and I/O run; so does every 32nd productive look.
+  // After an empty look it rings the doorbells and spins on the busy queues for up to POLL_SPIN_MS,
+  // then yields to the event loop (setImmediate) so that timers and I/O run; so does every 64th
+  // productive look.
   async #poll(): Promise<void> {
-    this.#polling = true;
+    this.#reaping = true;
     try {
-      for (let streak = 0, idle = 0; !this.#closed;) {
-        let busy = false, n = 0;
-        for (const q of this.#io) {
-          if (q.inFlight === 0) continue;
-          busy = true;
-          n += this.#drain(q);
-        }
-        if (!busy) break;
-        if (n > 0) {
-          idle = 0;
-          if (++streak < 32) {
+      await undefined; // started by a call: the rest of the caller's synchronous code runs first
+      for (let streak = 0; !this.#closed;) {
+        if (this.#drainAll() > 0) {
+          if (++streak < 64) {
             await undefined;
             continue;
           }
-        } else if (++idle === 1) {
-          await undefined;
-          continue;
-        } else if (idle === 2) {
-          this.#spin();
-          continue;
+        } else {
+          if (!this.#busy()) break;
+          for (const q of this.#io) q.ring();
+          if (this.#spin()) continue;
         }
-        [streak, idle] = [0, 0];
+        streak = 0;
         await immediate();
       }
     } catch (e) {
       // Not expected (a bug); the calls in flight then time out.
       this.#log(`the completion poller stopped: ${e instanceof Error ? e.message : e}`);
     } finally {
-      this.#polling = false;
+      this.#reaping = false;
     }
   }
 
-  // Spins until a busy queue has a completion, for at most POLL_SPIN_MS.
-  #spin(): void {
+  // Spins until a busy queue has a completion, for at most POLL_SPIN_MS; returns whether one has.
+  #spin(): boolean {
     const until = performance.now() + POLL_SPIN_MS;
     do {
-      for (const q of this.#io) if (q.inFlight > 0 && q.pending()) return;
+      for (const q of this.#io) if (q.inFlight > 0 && q.pending()) return true;
     } while (performance.now() < until);
+    return false;
   }
 
-  // One timer for every asynchronous call, set for the earliest deadline. It is not cleared when
-  // calls settle (that would cost a timer per call at queue depth 1): when it fires, it looks at
-  // the calls still in flight and is set again for the earliest of theirs. It is unref'd: what keeps
-  // the process alive while calls are in flight is the reaper's eventfd read or the poller.
-  #track(call: Call): void {
-    if (call.deadline < this.#timerAt) this.#arm(call.deadline);
-  }
-
+  // One timer for every asynchronous call, set for the earliest deadline (settled() sets it). It is
+  // not cleared when calls settle (that would cost a timer per call at queue depth 1): when it
+  // fires, it looks at the calls still in flight and is set again for the earliest of theirs. It is
+  // unref'd: what keeps the process alive while calls are in flight is the reaper's eventfd read or
+  // the poller.
   #arm(at: number): void {
     if (this.#timer !== undefined) clearTimeout(this.#timer);
     this.#timerAt = at;
@@ -1070,7 +1117,7 @@ export abstract class NvmeBase implements Disposable {
     this.close();
   }
 
-  /** Closes the driver, then waits until its reaper loops have returned (and so closed their eventfds). */
+  /** Closes the driver, then waits until its reaper (or poller) has returned. */
   async [Symbol.asyncDispose](): Promise<void> {
     this.close();
     await Promise.all(this.#loops);
@@ -1083,10 +1130,12 @@ export abstract class NvmeBase implements Disposable {
  * settles when all of them completed, the call timed out, or the driver closed. Commands beyond a
  * queue's depth wait in the driver for a free command ID.
  *
- * Completions are reaped by one loop per queue that awaits the queue's MSI-X vector
- * (`irq.next()`, an eventfd read off the JavaScript thread), or with `poll: true` by one loop that
- * looks at every busy queue and yields to the event loop between looks. The loops run only while
- * commands are in flight.
+ * Completions are reaped by one loop for all the queues, which runs only while commands are in
+ * flight: it reaps every completion queue, lets the callers' continuations submit their next
+ * commands, and looks again; only when every queue is empty does it wait for MSI-X vector 1, which
+ * all the I/O queues share (`irq.next()`: a pending interrupt is taken at once, otherwise the
+ * eventfd is read off the JavaScript thread, a hop to another thread and back per wake-up). With
+ * `poll: true` the loop spins on the busy queues instead, yielding to the event loop between spins.
  *
  * A call that times out rejects with {@link NvmeTimeoutError}. NVMe's Abort command is not sent (the
  * spec makes it best-effort, and it cannot reach a command not yet fetched): "abort" here means the
@@ -1137,9 +1186,23 @@ export class Nvme extends NvmeBase {
    *   call times out ({@link NvmeTimeoutError}), or the driver closes first (`"closed"`).
    * @throws {RangeError} (rejects) If the blocks do not fit `buf`, or an option is out of range.
    */
-  read(lba: number, blocks: number, buf?: DmaBuffer | DmaSpan, options: IoOptions = {}): Promise<Uint8Array> {
+  read(
+    lba: number,
+    blocks: number,
+    buf?: DmaBuffer | DmaSpan,
+    options: IoOptions = NO_OPTIONS,
+  ): Promise<Uint8Array> {
     try {
-      const call = this.transfer(NVM.READ, lba, blocks, buf && span(buf), options);
+      let call: Call;
+      if (buf === undefined || "iova" in buf) {
+        call = this.transfer(NVM.READ, lba, blocks, buf, 0, options);
+      } else {
+        const bytes = blocks * this.namespace.blockSize;
+        if (buf.length !== undefined && bytes > buf.length) {
+          throw new RangeError(`Cannot read ${blocks} blocks into ${buf.length} bytes: they take ${bytes}`);
+        }
+        call = this.transfer(NVM.READ, lba, blocks, buf.buffer, buf.offset ?? 0, options);
+      }
       return this.settled<Uint8Array>(call);
     } catch (e) {
       return Promise.reject(e);
@@ -1157,20 +1220,21 @@ export class Nvme extends NvmeBase {
    * @throws {NvmeError} (rejects) As {@link read}.
    * @throws {RangeError} (rejects) If the data is not whole blocks, or an option is out of range.
    */
-  write(lba: number, data: Uint8Array | DmaBuffer | DmaSpan, options: IoOptions = {}): Promise<void> {
+  write(lba: number, data: Uint8Array | DmaBuffer | DmaSpan, options: IoOptions = NO_OPTIONS): Promise<void> {
     try {
       const bs = this.namespace.blockSize;
-      const source = data instanceof Uint8Array ? data : span(data);
-      const length = data instanceof Uint8Array
-        ? data.length
-        : "iova" in data
-        ? data.size
-        : data.length ?? data.buffer.size - (data.offset ?? 0);
+      let source: Uint8Array | DmaBuffer, offset = 0, length: number;
+      if (data instanceof Uint8Array) [source, length] = [data, data.length];
+      else if ("iova" in data) [source, length] = [data, data.size];
+      else {
+        [source, offset] = [data.buffer, data.offset ?? 0];
+        length = data.length ?? data.buffer.size - offset;
+      }
       const blocks = length / bs;
       if (!Number.isInteger(blocks) || blocks < 1) {
         throw new RangeError(`Cannot write ${length} bytes at LBA ${lba}: expected whole ${bs}-byte blocks`);
       }
-      return this.settled<undefined>(this.transfer(NVM.WRITE, lba, blocks, source, options));
+      return this.settled<undefined>(this.transfer(NVM.WRITE, lba, blocks, source, offset, options));
     } catch (e) {
       return Promise.reject(e);
     }
@@ -1184,9 +1248,9 @@ export class Nvme extends NvmeBase {
    * @returns Settles when the flush completed.
    * @throws {NvmeError} (rejects) If the command fails, times out, or the driver closes first.
    */
-  flush(options: IoOptions = {}): Promise<void> {
+  flush(options: IoOptions = NO_OPTIONS): Promise<void> {
     try {
-      return this.settled<undefined>(this.transfer(NVM.FLUSH, 0, 0, undefined, options));
+      return this.settled<undefined>(this.transfer(NVM.FLUSH, 0, 0, undefined, 0, options));
     } catch (e) {
       return Promise.reject(e);
     }
@@ -1257,7 +1321,7 @@ export class NvmeController extends NvmeBase {
    */
   read(t: Transfer): void {
     this.waitFor(
-      this.transfer(NVM.READ, t.lba, t.blocks, { buffer: t.buffer, offset: t.offset ?? 0 }, { queue: 1 }),
+      this.transfer(NVM.READ, t.lba, t.blocks, t.buffer, t.offset ?? 0, QUEUE_1),
     );
   }
 
@@ -1270,7 +1334,7 @@ export class NvmeController extends NvmeBase {
    */
   write(t: Transfer): void {
     this.waitFor(
-      this.transfer(NVM.WRITE, t.lba, t.blocks, { buffer: t.buffer, offset: t.offset ?? 0 }, { queue: 1 }),
+      this.transfer(NVM.WRITE, t.lba, t.blocks, t.buffer, t.offset ?? 0, QUEUE_1),
     );
   }
 
@@ -1280,12 +1344,8 @@ export class NvmeController extends NvmeBase {
    * @throws {NvmeError} If the command fails or times out.
    */
   flush(): void {
-    this.waitFor(this.transfer(NVM.FLUSH, 0, 0, undefined, { queue: 1 }));
+    this.waitFor(this.transfer(NVM.FLUSH, 0, 0, undefined, 0, QUEUE_1));
   }
-}
-
-function span(b: DmaBuffer | DmaSpan): { buffer: DmaBuffer; offset: number } {
-  return "iova" in b ? { buffer: b, offset: 0 } : { buffer: b.buffer, offset: b.offset ?? 0 };
 }
 
 function checkTimeout(ms: number): number {

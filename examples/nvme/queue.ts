@@ -41,8 +41,6 @@ export class QueuePair<T> {
   detached = false;
   /** Whether the controller has the completion queue, and the submission queue. */
   created = { cq: false, sq: false };
-  /** Whether a reaper loop waits on this queue's vector (MSI-X, asynchronous driver). */
-  reaping = false;
   readonly sqDoorbell: number;
   readonly cqDoorbell: number;
   /** The bounce pages as bytes (I/O queues). */
@@ -113,9 +111,13 @@ export class QueuePair<T> {
    */
   submitIo(cid: number, opcode: number, prp1: number, prp2: number, lba: number, blocks: number): void {
     const sq = this.#sq, e = this.#sqTail * (SQE_SIZE / 4);
-    sq.fill(0, e, e + SQE_SIZE / 4);
+    // Every dword of the entry is written (plain stores: cheaper than a fill call per command).
     sq[e] = opcode | (cid << 16);
     sq[e + 1] = 1; // namespace 1
+    sq[e + 2] = 0;
+    sq[e + 3] = 0;
+    sq[e + 4] = 0; // metadata pointer
+    sq[e + 5] = 0;
     // Stores into a Uint32Array keep the low 32 bits.
     sq[e + 6] = prp1;
     sq[e + 7] = Math.floor(prp1 / 2 ** 32);
@@ -123,7 +125,10 @@ export class QueuePair<T> {
     sq[e + 9] = Math.floor(prp2 / 2 ** 32);
     sq[e + 10] = lba;
     sq[e + 11] = Math.floor(lba / 2 ** 32);
-    if (blocks > 0) sq[e + 12] = blocks - 1; // NLB, 0's based
+    sq[e + 12] = blocks > 0 ? blocks - 1 : 0; // NLB, 0's based; no FUA, no protection information
+    sq[e + 13] = 0;
+    sq[e + 14] = 0;
+    sq[e + 15] = 0;
     if (++this.#sqTail === this.depth) this.#sqTail = 0;
   }
 
@@ -174,7 +179,8 @@ export class QueuePair<T> {
    * Consumes every completion entry whose phase bit matches, then acknowledges them by writing the
    * new head to the completion doorbell.
    *
-   * @param onCompletion Called for each entry, in the order the controller posted them.
+   * @param onCompletion Called for each entry, in the order the controller posted them. Dword 0
+   *   (command-specific) is read on the admin queue only; I/O commands get 0.
    * @returns How many entries were consumed.
    */
   reap(onCompletion: (q: QueuePair<T>, cid: number, status: number, dw0: number) => void): number {
@@ -188,7 +194,7 @@ export class QueuePair<T> {
         this.#phase ^= 1;
       }
       n++;
-      onCompletion(this, dw3 & 0xffff, dw3 >>> 17, this.#cq.read32(at));
+      onCompletion(this, dw3 & 0xffff, dw3 >>> 17, this.id === 0 ? this.#cq.read32(at) : 0);
     }
     if (n > 0) this.bar.write32(this.cqDoorbell, this.#cqHead);
     return n;
