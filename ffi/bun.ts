@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { dlopen, type Pointer, toArrayBuffer } from "bun:ffi";
+import { dlopen, FFIType, type Pointer, toArrayBuffer } from "bun:ffi";
 import { read as fsRead } from "node:fs";
 import type { RawMmio, Sys } from "../lib/sys.ts";
 import { ERRNO } from "../lib/uapi/libc.ts";
@@ -19,7 +19,9 @@ const libc = dlopen("libc.so.6", {
   ioctl: { args: ["i32", "u32", "ptr"], returns: "i32" },
   pread: { args: ["i32", "ptr", "usize", "i64"], returns: "i64" },
   pwrite: { args: ["i32", "ptr", "usize", "i64"], returns: "i64" },
-  read: { args: ["i32", "ptr", "usize"], returns: "i64" },
+  // i64_fast: a number when it fits (always, for read: Linux moves at most 0x7ffff000 bytes per
+  // call), where i64 would make a new bigint per call; the eventfd wait must allocate nothing.
+  read: { args: ["i32", "ptr", "usize"], returns: FFIType.i64_fast },
   write: { args: ["i32", "ptr", "usize"], returns: "i64" },
   mmap: { args: ["ptr", "usize", "i32", "i32", "i32", "i64"], returns: "ptr" },
   munmap: { args: ["ptr", "usize"], returns: "i32" },

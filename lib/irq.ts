@@ -186,6 +186,7 @@ export class VfioIrq implements Disposable {
         );
       }
       setIrqs(fd, info.index, VFIO_IRQ_SET_ACTION_TRIGGER, 0, count, this.#eventfds);
+      this.#pollfds = this.#eventfds.map((e) => pollfd.alloc().set("fd", e).set("events", POLLIN).bytes);
     } catch (e) {
       for (const e2 of this.#eventfds) sys.close(e2);
       throw e;
@@ -221,53 +222,65 @@ export class VfioIrq implements Disposable {
    * @throws {RangeError} If the vector is not enabled or the timeout is not an integer ≥ -1.
    */
   wait(options?: IrqWaitOptions): number {
-    const efd = this.#efd(options?.vector ?? 0);
+    const vector = options?.vector ?? 0;
+    const efd = this.#efd(vector);
     const timeoutMs = options?.timeoutMs ?? -1;
     if (!Number.isSafeInteger(timeoutMs) || timeoutMs < -1 || timeoutMs > 0x7fffffff) {
       throw new RangeError(`Cannot wait ${timeoutMs} ms for IRQ ${this.index}: expected -1 or 0..2^31-1`);
     }
-    return this.#poll(efd, timeoutMs);
+    return this.#poll(vector, efd, timeoutMs);
   }
 
-  #poll(efd: number, timeoutMs: number): number {
-    const p = this.#pollfd;
-    p.set("fd", efd).set("events", POLLIN);
-    const n = this.#sys.poll(p.bytes, 1, timeoutMs);
+  // The wake-up path allocates nothing (interrupt latency is the hot path, and garbage made there
+  // brings collections into it): one pollfd per vector, made once (the eventfds never change), and
+  // one counter buffer for the reads on this thread.
+  readonly #pollfds: Uint8Array[];
+  readonly #counter = new Uint8Array(8);
+  // Counter buffers of the reads in flight off the thread, one each, kept for the next ones.
+  readonly #spareCounters: Uint8Array[] = [];
+
+  #poll(vector: number, efd: number, timeoutMs: number): number {
+    const n = this.#sys.poll(this.#pollfds[vector]!, 1, timeoutMs);
     if (n < 0) check(n, { op: "poll", action: `wait for IRQ ${this.index}` });
-    return n === 0 ? 0 : this.#readCounter(efd);
-  }
-
-  // Preallocated so that waiting allocates nothing: interrupt latency is the hot path.
-  readonly #pollfd = pollfd.alloc();
-  readonly #counter = new BigUint64Array(1);
-  readonly #counterBytes = new Uint8Array(this.#counter.buffer);
-
-  #readCounter(efd: number): number {
-    const r = this.#sys.read(efd, this.#counterBytes);
+    if (n === 0) return 0;
+    const r = this.#sys.read(efd, this.#counter);
     if (r < 0) check(r, { op: "read", action: `read IRQ ${this.index} eventfd` });
-    return Number(this.#counter[0]);
+    return counterValue(this.#counter);
   }
 
   /**
    * Waits for an interrupt without blocking the event loop: the read runs off the JavaScript thread.
+   * An interrupt that is already pending is read at once, with no hop to another thread, and then
+   * nothing is allocated: for a count up to 32 the promise is a shared, already settled one.
    *
    * @param options The vector.
    * @returns How many interrupts arrived since the last read, or 0 when the IRQ was closed meanwhile.
    */
-  async next(options?: IrqVectorOptions): Promise<number> {
-    const vector = options?.vector ?? 0;
-    // An interrupt that is already pending is read at once, without the hop to another thread.
-    const ready = this.#poll(this.#efd(vector), 0);
-    if (ready > 0) return ready;
+  next(options?: IrqVectorOptions): Promise<number> {
+    // Not an async function: that would allocate a promise and its own state on every call. Errors
+    // still reject the promise rather than throw, as from an async function.
+    let vector: number, ready: number;
+    try {
+      vector = options?.vector ?? 0;
+      ready = this.#poll(vector, this.#efd(vector), 0);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    if (ready === 0) return this.#readOffThread(vector);
+    return SETTLED_COUNTS[ready] ?? Promise.resolve(ready);
+  }
+
+  async #readOffThread(vector: number): Promise<number> {
     const efd = this.#efd(vector);
-    const b = new BigUint64Array(1);
+    const buf = this.#spareCounters.pop() ?? new Uint8Array(8);
     this.#pending++;
     try {
-      const r = await this.#sys.readAsync(efd, new Uint8Array(b.buffer));
+      const r = await this.#sys.readAsync(efd, buf);
       if (this.#closed) return 0;
-      check(r, { op: "read", action: `wait for IRQ ${this.index}` });
-      return Number(b[0]);
+      if (r < 0) check(r, { op: "read", action: `wait for IRQ ${this.index}` });
+      return counterValue(buf);
     } finally {
+      this.#spareCounters.push(buf);
       // One eventfd read takes the whole count, so a wake-up reaches one reader per eventfd:
       // each reader woken by close wakes the next, and the last closes the eventfds.
       if (--this.#pending === 0 && this.#deferredClose) this.#closeEventfds();
@@ -383,4 +396,22 @@ export class VfioIrq implements Disposable {
   [Symbol.dispose](): void {
     this.close();
   }
+}
+
+/**
+ * Settled promises of the usual interrupt counts, shared by every {@link VfioIrq.next} that finds
+ * its interrupt pending: a settled promise never changes, so handing the same one out again is
+ * indistinguishable from a new one (but for identity), and costs no allocation.
+ */
+const SETTLED_COUNTS: readonly Promise<number>[] = Array.from({ length: 33 }, (_, n) => Promise.resolve(n));
+
+/**
+ * An eventfd's 64-bit counter as a number, rounded as `Number(bigint)` rounds (a count above 2^53
+ * cannot happen in practice). Read byte by byte so that no bigint is made; the counter is in host
+ * order, and both runtimes run only on little-endian machines.
+ */
+function counterValue(b: Uint8Array): number {
+  const lo = (b[0]! | (b[1]! << 8) | (b[2]! << 16) | (b[3]! << 24)) >>> 0;
+  const hi = (b[4]! | (b[5]! << 8) | (b[6]! << 16) | (b[7]! << 24)) >>> 0;
+  return hi * 2 ** 32 + lo;
 }

@@ -324,3 +324,76 @@ test("irq: close wakes every pending next(), even two on the same vector", async
   assert.deepEqual(await Promise.all(waits), [0, 0, 0]);
   assert.deepEqual(t.eventfds(), []);
 });
+
+test("irq: next() reports a bad vector or a closed IRQ by rejecting, never by throwing", async () => {
+  using t = open();
+  const irq = t.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX);
+  const bad = irq.next({ vector: 1 });
+  await assert.rejects(bad, /Cannot use vector 1 of IRQ index 1: 1 are enabled/);
+  irq.close();
+  await assert.rejects(irq.next(), /Cannot use IRQ index 1: it is closed/);
+});
+
+test("irq: a count above 2^32 is read whole, by wait() and by next()", async () => {
+  using t = open();
+  const irq = t.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX);
+  const add = (n: bigint) => {
+    const b = new Uint8Array(8);
+    new DataView(b.buffer).setBigUint64(0, n, true);
+    assert.equal(t.fake.write(irq.eventfds[0]!, b), 8);
+  };
+  add(2n ** 32n + 3n);
+  assert.equal(irq.wait({ timeoutMs: 0 }), 2 ** 32 + 3);
+  const p = irq.next();
+  await Promise.resolve();
+  add(2n ** 40n + 2n ** 31n);
+  assert.equal(await p, 2 ** 40 + 2 ** 31);
+});
+
+test("irq: reads off the thread get a buffer each, and reuse it for the next ones", async () => {
+  using t = open();
+  const irq = t.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX);
+  const buffers: Uint8Array[] = [];
+  const readAsync = t.fake.readAsync.bind(t.fake);
+  t.fake.readAsync = (fd, buf) => {
+    buffers.push(buf);
+    return readAsync(fd, buf);
+  };
+  const signal = (n: number) =>
+    assert.equal(t.fake.write(irq.eventfds[0]!, new Uint8Array([n, 0, 0, 0, 0, 0, 0, 0])), 8);
+  // Two readers of one vector: each wake-up is written into its reader's own buffer, before either
+  // continues (a shared buffer would hand both the second count).
+  const first = irq.next(), second = irq.next();
+  await Promise.resolve();
+  signal(1);
+  signal(5);
+  assert.deepEqual(await Promise.all([first, second]), [1, 5]);
+  assert.equal(buffers.length, 2);
+  assert.notEqual(buffers[0], buffers[1]);
+  // Later reads take the buffers back: none is made per wake-up.
+  for (const n of [2, 3]) {
+    const p = irq.next();
+    await Promise.resolve();
+    signal(n);
+    assert.equal(await p, n);
+  }
+  assert.equal(buffers.length, 4);
+  assert.ok(buffers.slice(2).every((b) => b === buffers[0] || b === buffers[1]));
+});
+
+test("irq: next() of a pending interrupt reads it at once, as a shared settled promise for small counts", async () => {
+  using t = open();
+  const irq = t.device.enableIrq(VFIO_PCI_MSI_IRQ_INDEX);
+  const signal = (n: number) =>
+    assert.equal(t.fake.write(irq.eventfds[0]!, new Uint8Array([n, 0, 0, 0, 0, 0, 0, 0])), 8);
+  t.fake.calls = [];
+  signal(1);
+  const first = irq.next();
+  signal(1);
+  const second = irq.next();
+  assert.equal(first, second); // nothing made per wake-up
+  assert.deepEqual(await Promise.all([first, second]), [1, 1]);
+  signal(40); // above the shared ones
+  assert.equal(await irq.next(), 40);
+  assert.ok(!t.fake.calls.some((c) => c.op === "readAsync"), "no read went off the thread");
+});
