@@ -8,7 +8,7 @@
 # "dpdk", through bench/testpmd.sh) and the two runtimes take turns.
 #
 # usage: bench/lab.sh OUT   (env: BENCH_ROUNDS BENCH_REPS BENCH_TARGET_MS BENCH_WARMUP_MS BENCH_IO_MS
-#                            BENCH_C_WARMUP_MS BENCH_IRQ_EVENTS BENCH_IGB_SECONDS BENCH_ONLY=edu|nvme|igb
+#                            BENCH_C_WARMUP_MS BENCH_IRQ_EVENTS BENCH_IGB_SECONDS BENCH_ONLY=edu|irq|nvme|igb
 #                            BENCH_NVME_REPS)
 # NVMe: every point (runtime, mode, queue depth; fio at each depth) is BENCH_NVME_REPS repetitions
 # of BENCH_IO_MS.
@@ -21,7 +21,7 @@ c_warm=${BENCH_C_WARMUP_MS:-300} io_ms=${BENCH_IO_MS:-1000} events=${BENCH_IRQ_E
 nvme_reps=${BENCH_NVME_REPS:-3}
 igb_s=${BENCH_IGB_SECONDS:-3}
 edu=0000:00:04.0 nvme=0000:00:05.0
-case $only in ""|edu|nvme|igb) ;; *) echo "bench/lab.sh: BENCH_ONLY must be edu, nvme or igb" >&2; exit 2 ;; esac
+case $only in ""|edu|irq|nvme|igb) ;; *) echo "bench/lab.sh: BENCH_ONLY must be edu, irq, nvme or igb" >&2; exit 2 ;; esac
 want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
 mkdir -p "$out"
 results=$out/results.jsonl
@@ -32,15 +32,29 @@ opts=(--reps "$reps" --target-ms "$target" --warmup-ms "$warm" --irq-events "$ev
   --nvme-reps "$nvme_reps")
 js() { # runtime part
   if [ "$1" = deno ]; then deno run -A bench/lab.ts --part "$2" "${opts[@]}" >> "$results" || status=1
+  elif [ "$2" = irq ]; then
+    # The interrupt rows run with JSC's JIT on the JS thread: on the one vCPU, its JITWorker threads
+    # otherwise take the CPU from the thread waiting for the interrupt (the rows' notes say so).
+    BUN_JSC_useConcurrentJIT=0 bun bench/lab.ts --part "$2" "${opts[@]}" >> "$results" || status=1
   else bun bench/lab.ts --part "$2" "${opts[@]}" >> "$results" || status=1; fi
 }
-echo "QEMU TCG guest (-cpu max, 1 vCPU), kernel $(uname -r)" > "$out/machine"
+echo "QEMU TCG guest (-cpu max, $(nproc) vCPU), kernel $(uname -r)" > "$out/machine"
 
 if want edu; then
   for r in $(seq "$rounds"); do
     say "edu round $r/$rounds: C"
     bench/build/lab_baseline "$edu" "$reps" "$target" "$c_warm" "$events" >> "$results" || status=1
-    for rt in deno bun; do say "edu round $r/$rounds: $rt"; js "$rt" edu; done
+    for rt in deno bun; do say "edu round $r/$rounds: $rt"; js "$rt" edu; js "$rt" irq; done
+  done
+fi
+
+# BENCH_ONLY=irq: the edu group's interrupt rows alone (bench/lab.ts --part irq, and the C baseline's
+# irq lines), for the tail's diagnosis.
+if [ "$only" = irq ]; then
+  for r in $(seq "$rounds"); do
+    say "irq round $r/$rounds: C"
+    bench/build/lab_baseline "$edu" "$reps" "$target" "$c_warm" "$events" | grep '"bench":"irq\.' >> "$results" || status=1
+    for rt in deno bun; do say "irq round $r/$rounds: $rt"; js "$rt" irq; done
   done
 fi
 

@@ -8,13 +8,20 @@
  * - `mmio.mmap.*32`: `device.registers(0)` (the mmap fast path), 0x00 ident and 0x04 liveness;
  * - `mmio.pread.*32`: `device.registers(0, { path: "pread" })`;
  * - `dma.map_unmap_4k`: `backend.mapDma` + `backend.unmapDma` of one 4 KiB page, pairs/s;
- * - `irq.msi.wait.*`: write 0x60 → MSI → eventfd → `irq.wait()` (poll(2) on this thread);
- * - `irq.msi.next.*`: the same, awaited with `irq.next()` (the read runs off the JS thread);
- * - diagnostics: `*.raw` (the accessor, or the ioctls/poll/read with prebuilt buffers, without the
- *   library's layers above them) and `irq.msi.wait0_next.*` (`irq.wait({ timeoutMs: 0 }) || await irq.next()`).
- *
  * - `dma.map_unmap_4k.cached_info`: the same with the IOMMU info read once (diagnostic);
  * - `dma.map_unmap_4k.live_N`: the same pair with N other mappings live (the scaling curve).
+ *
+ * `--part irq` (the same edu device, in a process of its own so that bench/lab.sh can give it runtime
+ * options: see the notes of its rows):
+ * - `irq.msi.wait.*`: write 0x60 → MSI → eventfd → `irq.wait()` (poll(2) on this thread);
+ * - `irq.msi.next.*`: the same, awaited with `irq.next()` (the interrupt is usually pending by then,
+ *   so it is read at once; otherwise the read runs off the JS thread);
+ * - `irq.msi.{wait,next}.alloc_bytes` (Deno) / `.alloc_cells` (Bun): heap allocation per wake-up over
+ *   10,000 wake-ups (bench/_alloc.ts); next()'s less the caller's own await, which is the diagnostic
+ *   `irq.msi.await.alloc_*`, as is `irq.msi.next_hop.alloc_*` (the read off the thread);
+ * - diagnostics: `*.raw` (the accessor, or the ioctls/poll/read with prebuilt buffers, without the
+ *   library's layers above them), `irq.msi.wait0_next.*` (`irq.wait({ timeoutMs: 0 }) || await irq.next()`)
+ *   and `irq.msi.next_hop.*` (next() called before the device raises: always the thread hop).
  *
  * `--part nvme` (0000:00:05.0): random 4 KiB reads at queue depths 1 to 64 through the asynchronous
  * driver of examples/nvme.ts (MSI-X on one and two queues, polled), the blocking driver, and the
@@ -22,14 +29,17 @@
  * repetitions of `--io-ms` each per point (default 3).
  *
  * ```sh
- * deno run -A bench/lab.ts --part edu|nvme [--reps 5] [--target-ms 100] [--warmup-ms 100]
+ * deno run -A bench/lab.ts --part edu|irq|nvme [--reps 5] [--target-ms 100] [--warmup-ms 100]
  * ```
  *
  * @module
  */
+import { readdirSync, readFileSync } from "node:fs";
 import process from "node:process";
 import { loadSys } from "../ffi/mod.ts";
 import { VfioContainer } from "../lib/container.ts";
+import type { VfioDevice } from "../lib/device.ts";
+import type { IrqWaitOptions, VfioIrq } from "../lib/irq.ts";
 import { openPciDevice } from "../lib/open.ts";
 import type { RawMmio } from "../lib/sys.ts";
 import {
@@ -52,8 +62,9 @@ import {
   VFIO_PCI_MSI_IRQ_INDEX,
 } from "../lib/uapi/vfio.ts";
 import { PAGE } from "../examples/nvme.ts";
+import { allocCounter, allocPerOp } from "./_alloc.ts";
 import { emitFloor, ioctlVariants } from "./_ffi_floor.ts";
-import { argValue, emit, log, optionsFromArgs, percentile, sink, timeOps } from "./_harness.ts";
+import { argValue, emit, log, optionsFromArgs, percentile, runtime, sink, timeOps } from "./_harness.ts";
 import { nvmeBenches } from "./lab_nvme.ts";
 
 const EDU = argValue("edu") ?? "0000:00:04.0";
@@ -94,6 +105,68 @@ async function section(bench: string, fn: () => void | Promise<void>): Promise<v
     process.stdout.write(JSON.stringify({ bench, side: sys.name, error: String(e) }) + "\n");
   }
 }
+
+// The CPU time of this process's threads between start() and stop(), summed over the intervals, from
+// /proc/self/task/*/schedstat (ns on the CPU, ns runnable but waiting for it): on a one-vCPU guest,
+// whatever another thread runs while this one waits for an interrupt delays the wake-up.
+class ThreadTimes {
+  #at = new Map<string, [number, number]>();
+  #ran = new Map<string, number>();
+  #mainWaited = 0;
+  #mainRan = 0;
+
+  #read(): Map<string, [number, number]> {
+    const out = new Map<string, [number, number]>();
+    for (const tid of readdirSync("/proc/self/task")) {
+      try {
+        const [cpu, wait] = readFileSync(`/proc/self/task/${tid}/schedstat`, "utf8").split(" ").map(Number);
+        out.set(tid, [cpu!, wait!]);
+      } catch {
+        // The thread ended meanwhile.
+      }
+    }
+    return out;
+  }
+
+  start(): void {
+    this.#at = this.#read();
+  }
+
+  stop(): void {
+    const main = String(process.pid);
+    for (const [tid, [cpu, wait]] of this.#read()) {
+      const [cpu0, wait0] = this.#at.get(tid) ?? [0, 0];
+      if (tid === main) {
+        this.#mainRan += cpu - cpu0;
+        this.#mainWaited += wait - wait0;
+      } else if (cpu > cpu0) {
+        let name = tid;
+        try {
+          name = readFileSync(`/proc/self/task/${tid}/comm`, "utf8").trim();
+        } catch {
+          // Ended: keep the id.
+        }
+        this.#ran.set(name, (this.#ran.get(name) ?? 0) + cpu - cpu0);
+      }
+    }
+  }
+
+  summary(): string {
+    const us = (ns: number) => `${(ns / 1000).toFixed(0)} µs`;
+    const others = [...this.#ran].sort((a, b) => b[1] - a[1]);
+    const total = others.reduce((n, [, t]) => n + t, 0);
+    return `this thread ran ${us(this.#mainRan)} and waited ${us(this.#mainWaited)} for the CPU; ` +
+      `its other threads ran ${us(total)}` +
+      (others.length ? ` (${others.map(([n, t]) => `${n} ${us(t)}`).join(", ")})` : "");
+  }
+}
+
+// Runtime options given to this process that change the interrupt rows, for their notes.
+const RUNTIME_OPTIONS = process.env.BUN_JSC_useConcurrentJIT === "0" && runtime === "bun"
+  ? "; run with BUN_JSC_useConcurrentJIT=0 (bench/lab.sh), an option a latency-bound driver can set as well: " +
+    "JSC then compiles on this thread; by default its JITWorker threads take the one vCPU from the thread " +
+    "waiting for the interrupt, and p99 is several times higher"
+  : "";
 
 if (part === "edu") {
   using vfio = openPciDevice(sys, EDU, { backend: "legacy" });
@@ -240,7 +313,19 @@ if (part === "edu") {
       }
     });
   }
+} else if (part === "nvme") {
+  await nvmeBenches({ sys, bdf: NVME, o, reps: nvmeReps, ioMs, section });
+} else if (part === "irq") {
+  using vfio = openPciDevice(sys, EDU, { backend: "legacy" });
+  await irqBenches(vfio.device);
+} else {
+  throw new TypeError(`Cannot run part ${part}: expected edu, irq or nvme`);
+}
 
+// The interrupt round trip on edu's MSI (write 0x60 raises it, 0x64 acknowledges): latency
+// percentiles per variant, then what a wake-up allocates. Run within `--part edu`, or alone as
+// `--part irq`.
+async function irqBenches(device: VfioDevice): Promise<void> {
   await section("irq.msi", async () => {
     using bar = device.registers(0);
     device.config.enableBusMaster();
@@ -251,69 +336,218 @@ if (part === "edu") {
     const count = new Uint8Array(8);
     const m = device.region(0).map(0, sys.pageSize);
     const raw = sys.mmio(m.address, m.length);
-    const variants: [string, () => number | Promise<number>][] = [
-      ["wait", () => {
-        const t0 = performance.now();
-        bar.write32(0x60, 1);
-        const n = irq.wait({ timeoutMs: 1000 });
-        const dt = performance.now() - t0;
-        if (n === 0) throw new Error("no MSI within 1 s");
-        bar.write32(0x64, 1);
-        return dt * 1000;
+    // Made once, as a driver's hot loop would: an options literal per call is the caller's garbage.
+    const waitOptions = { timeoutMs: 1000 };
+    // Each variant times one round trip in µs; the synchronous ones are called without `await`,
+    // which would allocate and yield to the event loop on every call.
+    type Variant = { sync: () => number } | { async: () => Promise<number> };
+    const variants: [string, Variant][] = [
+      ["wait", {
+        sync: () => {
+          const t0 = performance.now();
+          bar.write32(0x60, 1);
+          const n = irq.wait(waitOptions);
+          const dt = performance.now() - t0;
+          if (n === 0) throw new Error("no MSI within 1 s");
+          bar.write32(0x64, 1);
+          return dt * 1000;
+        },
       }],
-      ["next", async () => {
-        const t0 = performance.now();
-        bar.write32(0x60, 1);
-        const n = await irq.next();
-        const dt = performance.now() - t0;
-        if (n === 0) throw new Error("the IRQ closed while waiting");
-        bar.write32(0x64, 1);
-        return dt * 1000;
+      ["next", {
+        async: async () => {
+          const t0 = performance.now();
+          bar.write32(0x60, 1);
+          const n = await irq.next();
+          const dt = performance.now() - t0;
+          if (n === 0) throw new Error("the IRQ closed while waiting");
+          bar.write32(0x64, 1);
+          return dt * 1000;
+        },
       }],
-      // The async handler with a synchronous look first: when the interrupt has already arrived,
-      // no thread hop (public API only).
-      ["wait0_next", async () => {
-        const t0 = performance.now();
-        bar.write32(0x60, 1);
-        const n = irq.wait({ timeoutMs: 0 }) || await irq.next();
-        const dt = performance.now() - t0;
-        if (n === 0) throw new Error("the IRQ closed while waiting");
-        bar.write32(0x64, 1);
-        return dt * 1000;
+      // The async handler with a synchronous look first (public API only).
+      ["wait0_next", {
+        async: async () => {
+          const t0 = performance.now();
+          bar.write32(0x60, 1);
+          const n = irq.wait({ timeoutMs: 0 }) || await irq.next();
+          const dt = performance.now() - t0;
+          if (n === 0) throw new Error("the IRQ closed while waiting");
+          bar.write32(0x64, 1);
+          return dt * 1000;
+        },
+      }],
+      // next() called before the device raises: nothing is pending, so the read goes to another
+      // thread and the wake-up crosses back to this one (diagnostic).
+      ["next_hop", {
+        async: async () => {
+          const t0 = performance.now();
+          const pending = irq.next();
+          bar.write32(0x60, 1);
+          const n = await pending;
+          const dt = performance.now() - t0;
+          if (n === 0) throw new Error("the IRQ closed while waiting");
+          bar.write32(0x64, 1);
+          return dt * 1000;
+        },
       }],
     ];
     if (raw) {
-      variants.push(["raw", () => {
-        const t0 = performance.now();
-        raw.write32(0x60, 1);
-        const r = sys.poll(pfd.bytes, 1, 1000);
-        const n = r === 1 ? sys.read(efd, count) : r;
-        const dt = performance.now() - t0;
-        if (n !== 8) throw new Error(`no MSI within 1 s (${r}, ${n})`);
-        raw.write32(0x64, 1);
-        return dt * 1000;
+      variants.push(["raw", {
+        sync: () => {
+          const t0 = performance.now();
+          raw.write32(0x60, 1);
+          const r = sys.poll(pfd.bytes, 1, 1000);
+          const n = r === 1 ? sys.read(efd, count) : r;
+          const dt = performance.now() - t0;
+          if (n !== 8) throw new Error(`no MSI within 1 s (${r}, ${n})`);
+          raw.write32(0x64, 1);
+          return dt * 1000;
+        },
       }]);
     }
     try {
-      for (const [name, fn] of variants) {
+      const lat = new Float64Array(irqEvents);
+      const counter = await allocCounter();
+      for (const [name, v] of variants) {
         const end = performance.now() + o.warmupMs;
-        while (performance.now() < end) await fn();
-        const p50: number[] = [], p99: number[] = [];
-        for (let r = 0; r < o.reps; r++) {
-          const lat: number[] = [];
-          for (let i = 0; i < irqEvents; i++) lat.push(await fn());
-          p50.push(percentile(lat, 50));
-          p99.push(percentile(lat, 99));
+        while (performance.now() < end) {
+          if ("sync" in v) v.sync();
+          else await v.async();
         }
-        emit({ bench: `irq.msi.${name}.p50`, baseline: "irq.msi.p50", unit: "us", samples: p50 });
-        emit({ bench: `irq.msi.${name}.p99`, baseline: "irq.msi.p99", unit: "us", samples: p99 });
+        const p50: number[] = [], p99: number[] = [];
+        // Where the tail can come from, over the timed wake-ups: collections, this thread waiting
+        // for the (single) CPU, and the runtime's other threads running on it.
+        let collected = 0, timedMs = 0;
+        const threads = new ThreadTimes();
+        for (let r = 0; r < o.reps; r++) {
+          const before = counter.probe(), t0 = performance.now();
+          threads.start();
+          if ("sync" in v) { for (let i = 0; i < irqEvents; i++) lat[i] = v.sync(); }
+          else for (let i = 0; i < irqEvents; i++) lat[i] = await v.async();
+          threads.stop();
+          timedMs += performance.now() - t0;
+          if (counter.probeCollected(before, counter.probe())) collected++;
+          p50.push(percentile([...lat], 50));
+          p99.push(percentile([...lat], 99));
+        }
+        const note =
+          `${o.reps} × ${irqEvents} wake-ups in ${timedMs.toFixed(0)} ms; collections in ${collected} ` +
+          `of ${o.reps} repetitions; ${threads.summary()}${RUNTIME_OPTIONS}`;
+        emit({
+          bench: `irq.msi.${name}.p50`,
+          baseline: "irq.msi.p50",
+          unit: "us",
+          samples: p50,
+          ...(RUNTIME_OPTIONS ? { note: RUNTIME_OPTIONS.slice(2) } : {}),
+        });
+        emit({ bench: `irq.msi.${name}.p99`, baseline: "irq.msi.p99", unit: "us", samples: p99, note });
       }
     } finally {
       device.region(0).unmap(m);
     }
+    await irqAllocation(bar, irq, waitOptions);
   });
-} else if (part === "nvme") {
-  await nvmeBenches({ sys, bdf: NVME, o, reps: nvmeReps, ioMs, section });
-} else {
-  throw new TypeError(`Cannot run part ${part}: expected edu or nvme`);
+}
+
+// Heap allocation per wake-up over 10,000 wake-ups (bench/_alloc.ts). wait() must make none. So
+// must next() with the interrupt pending, beyond what the caller's own `await` makes (V8 allocates
+// for an await even of a settled promise): its row is the `await irq.next()` loop less the same
+// loop awaiting a settled promise, which has a diagnostic row of its own (`await`).
+async function irqAllocation(
+  bar: Pick<RawMmio, "write32">,
+  irq: VfioIrq,
+  waitOptions: IrqWaitOptions,
+): Promise<void> {
+  const counter = await allocCounter();
+  const suffix = counter.unit === "B" ? "bytes" : "cells";
+  const fail = () => {
+    throw new Error("no MSI within 1 s, or the IRQ closed");
+  };
+  const settled = Promise.resolve(1);
+  const loops: Record<"wait" | "await" | "next" | "next_hop", (n: number) => void | Promise<void>> = {
+    wait: (n) => {
+      for (let i = 0; i < n; i++) {
+        bar.write32(0x60, 1);
+        if (irq.wait(waitOptions) === 0) fail();
+        bar.write32(0x64, 1);
+      }
+    },
+    await: async (n) => {
+      for (let i = 0; i < n; i++) {
+        bar.write32(0x60, 1);
+        if (irq.wait(waitOptions) === 0 || await settled === 0) fail();
+        bar.write32(0x64, 1);
+      }
+    },
+    next: async (n) => {
+      for (let i = 0; i < n; i++) {
+        bar.write32(0x60, 1);
+        if (await irq.next() === 0) fail();
+        bar.write32(0x64, 1);
+      }
+    },
+    next_hop: async (n) => {
+      for (let i = 0; i < n; i++) {
+        const pending = irq.next();
+        bar.write32(0x60, 1);
+        if (await pending === 0) fail();
+        bar.write32(0x64, 1);
+      }
+    },
+  };
+  const measure = async (loop: (n: number) => void | Promise<void>) => {
+    const r = await allocPerOp(counter, loop, {
+      reps: o.reps,
+      opsPerRep: Math.ceil(10_000 / o.reps),
+      warmupOps: 2000,
+    });
+    const census = r.census
+      ? `; cells by type: ${Object.entries(r.census).map(([t, n]) => `${t} ${n}`).join(", ") || "none"}`
+      : "";
+    return { ...r, what: `${r.counted} of ${r.ran} wake-ups counted${census}` };
+  };
+  const unit = `${counter.unit}/wakeup`;
+  const row = (name: string) => `irq.msi.${name}.alloc_${suffix}`;
+  await section(row("wait"), async () => {
+    const r = await measure(loops.wait);
+    emit({
+      bench: row("wait"),
+      unit,
+      samples: r.perOp,
+      note: `irq.wait(options made once); ${counter.source}; ${r.what}`,
+    });
+  });
+  await section(row("next"), async () => {
+    const floor = await measure(loops.await);
+    emit({
+      bench: row("await"),
+      unit,
+      samples: floor.perOp,
+      note:
+        `irq.wait() then await of a settled promise: the caller's await alone; ${counter.source}; ${floor.what}`,
+    });
+    const next = await measure(loops.next);
+    emit({
+      bench: row("next"),
+      unit,
+      samples: next.perOp.map((x, i) => x - (floor.perOp[i] ?? NaN)),
+      note:
+        `await irq.next(), the interrupt already pending (as in irq.msi.next), less the caller's await: ` +
+        `${next.perOp.map((x) => x.toFixed(1)).join(", ")} less ${
+          floor.perOp.map((x) => x.toFixed(1)).join(", ")
+        }; ` +
+        `${counter.source}; ${next.what}`,
+    });
+  });
+  await section(row("next_hop"), async () => {
+    const r = await measure(loops.next_hop);
+    emit({
+      bench: row("next_hop"),
+      unit,
+      samples: r.perOp,
+      note:
+        `await irq.next() called before the interrupt: the read off the thread, and the caller's await; ` +
+        `${counter.source}; ${r.what}`,
+    });
+  });
 }

@@ -77,21 +77,30 @@ function num(x) {
 
 const ratioText = (r) => (isNum(r) ? `${r.toFixed(2)}×` : DASH);
 
-// Goals are stored as text: "ratio ≤ 1.2", "ratio ≥ 0.83 (1/1.2)"; anything else (e.g. "diagnostic")
-// is not a goal. The fraction in parentheses, when present, is the exact bound.
+// Goals are stored as text: "ratio ≤ 1.2", "ratio ≥ 0.83 (1/1.2)", or "value ≤ 0.5" for a goal on
+// the measured value itself (allocation per wake-up); anything else (e.g. "diagnostic") is not a
+// goal. The fraction in parentheses, when present, is the exact bound.
 function parseGoal(text) {
   if (typeof text !== "string") return undefined;
-  const m = /^\s*(?:ratio\s*)?(≤|≥|<=|>=)\s*([0-9]*\.?[0-9]+)(?:\s*\(\s*([0-9.]+)\s*\/\s*([0-9.]+)\s*\))?/
-    .exec(text);
+  const m =
+    /^\s*(?:(ratio|value)\s*)?(≤|≥|<=|>=)\s*([0-9]*\.?[0-9]+)(?:\s*\(\s*([0-9.]+)\s*\/\s*([0-9.]+)\s*\))?/
+      .exec(text);
   if (!m) return undefined;
-  const x = m[3] !== undefined ? Number(m[3]) / Number(m[4]) : Number(m[2]);
+  const x = m[4] !== undefined ? Number(m[4]) / Number(m[5]) : Number(m[3]);
   if (!Number.isFinite(x)) return undefined;
-  return { le: m[1] === "≤" || m[1] === "<=", x, label: text.replace(/^\s*ratio\s*/, "").trim() };
+  return {
+    on: m[1] ?? "ratio",
+    le: m[2] === "≤" || m[2] === "<=",
+    x,
+    label: text.replace(/^\s*ratio\s*/, "").trim(),
+  };
 }
 
-function metText(goal, ratio) {
-  if (!goal || !isNum(ratio)) return DASH;
-  return (goal.le ? ratio <= goal.x : ratio >= goal.x) ? "met" : "missed";
+// Judges the ratio, or the value itself for a "value" goal.
+function metText(goal, ratio, value) {
+  const v = goal?.on === "value" ? value : ratio;
+  if (!goal || !isNum(v)) return DASH;
+  return (goal.le ? v <= goal.x : v >= goal.x) ? "met" : "missed";
 }
 
 // A Markdown table cell: one line, pipes escaped.
@@ -154,6 +163,7 @@ function values(g) {
       : undefined;
   return {
     value: rt.map((r) => num(r?.value)),
+    raw: rt.map((r) => r?.value),
     ratio: rt.map((r) => ratio(r)),
     failed: rt.map((r) => typeof r?.error === "string" && !isNum(ratio(r))),
   };
@@ -193,7 +203,6 @@ function render(results) {
   const goals = groups.filter((g) => g.goal || (g.goalText && g.goalText !== "diagnostic"));
   // The NVMe driver's rows without a goal of their own are in the NVMe matrix instead.
   const diags = groups.filter((g) => !goals.includes(g) && !NVME_MATRIX_ROW.test(g.benchmark ?? ""));
-
   const main = goals.map((g) => {
     const v = values(g);
     return [
@@ -204,7 +213,7 @@ function render(results) {
       g.baseline,
       ...v.ratio.map(ratioText),
       g.goal?.label ?? g.goalText,
-      ...v.ratio.map((r, i) => (v.failed[i] ? "error" : metText(g.goal, r))),
+      ...v.ratio.map((r, i) => (v.failed[i] ? "error" : metText(g.goal, r, v.raw[i]))),
     ].map(cell);
   });
   // A diagnostic row's description is written to follow its goal row ("same, IOMMU info read once"):
