@@ -18,7 +18,7 @@
 // Timing never fails the command: goals are reported, not enforced. It exits non-zero only when a
 // stage could not run (a build, a runtime crash, a lab boot).
 //
-// Usage: node scripts/bench.mjs [--no-host] [--no-lab] [--quick] [--rounds N] [--only=edu|nvme|igb]
+// Usage: node scripts/bench.mjs [--no-host] [--no-lab] [--quick] [--rounds N] [--only=edu|irq|nvme|igb]
 //   --quick: fewer and shorter repetitions, for checking that everything runs; --rounds: how many
 //   times the C, Deno and Bun processes take turns (default 2; noise on a shared machine evens out);
 //   --only: one lab group and nothing else (no host benchmarks; with --no-lab, nothing at all).
@@ -46,8 +46,8 @@ const quick = flag("--quick");
 const roundsAt = args.indexOf("--rounds");
 const rounds = Math.max(1, Number(roundsAt >= 0 ? args[roundsAt + 1] : quick ? 1 : 2) || 1);
 const only = args.find((a) => a.startsWith("--only="))?.slice("--only=".length);
-if (only !== undefined && !["edu", "nvme", "igb"].includes(only)) {
-  console.error(`bench: --only takes edu, nvme or igb, not ${JSON.stringify(only)}`);
+if (only !== undefined && !["edu", "irq", "nvme", "igb"].includes(only)) {
+  console.error(`bench: --only takes edu, irq, nvme or igb, not ${JSON.stringify(only)}`);
   process.exit(2);
 }
 const labGroup = (g) => only === undefined || only === g;
