@@ -546,7 +546,7 @@ for (const { title, names } of openers) {
           assert.match(
             result.hint ?? "",
             new RegExp(
-              `group is open through the legacy container API \\(/dev/vfio/\\d+, held by .*\\(pid ${held.pid}\\)`,
+              `group is open through the legacy container API \\(/dev/vfio/(noiommu-)?\\d+, held by .*\\(pid ${held.pid}\\)`,
             ),
             why,
           );
