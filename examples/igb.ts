@@ -803,6 +803,7 @@ export class Igb implements AsyncDisposable, Disposable {
     const vfio: OpenedDevice = await open(bdf, options.backend ? { backend: options.backend } : {});
     let dma: DmaPool;
     try {
+      requireIgb(vfio.device); // first: the wrong device is the clearer error than "no DMA here"
       dma = vfio.dma; // made on first use; it refuses on the legacy no-IOMMU container
     } catch (e) {
       vfio.close();
@@ -834,13 +835,7 @@ export class Igb implements AsyncDisposable, Disposable {
     let igb: Igb | undefined;
     try {
       const o = settings(options);
-      const vendor = device.config.read16(0), id = device.config.read16(2);
-      if (vendor !== PCI_ID.vendor || id !== PCI_ID.device) {
-        throw new TypeError(
-          `Cannot drive ${device.name}: it is ${vendor.toString(16)}:${id.toString(16)}, not an 82576 PF ` +
-            "(8086:10c9)",
-        );
-      }
+      requireIgb(device);
       if (!dma.backend.translates && o.ringSize * DESC > dma.sys.pageSize) {
         throw new RangeError(
           `Cannot use ringSize ${o.ringSize} without an IOMMU: a ring must be physically contiguous, one ` +
@@ -1860,3 +1855,15 @@ async function run(
 }
 
 if (import.meta.main) process.exitCode = await main(process.argv.slice(2));
+
+/** Refuses a device that is not an 82576 PF, from its config space IDs. */
+function requireIgb(device: VfioDevice): void {
+  const vendor = device.config.read16(0), id = device.config.read16(2);
+  if (vendor !== PCI_ID.vendor || id !== PCI_ID.device) {
+    throw new TypeError(
+      `Cannot drive ${device.name}: it is ${vendor.toString(16)}:${
+        id.toString(16)
+      }, not an 82576 PF (8086:10c9)`,
+    );
+  }
+}
