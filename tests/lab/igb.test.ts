@@ -289,7 +289,7 @@ if (!HAS_IOMMU) {
 }
 
 test(
-  "igb: bad input gets a typed error before any device is opened, or before anything is sent",
+  "igb: bad options, a bad address and a device that is not an 82576 get a typed error, opening nothing",
   T,
   async () => {
     const before = openFds();
@@ -317,7 +317,16 @@ test(
       (e: unknown) => e instanceof TypeError && /not an 82576 PF/.test(e.message),
     );
     assert.equal(openFds(), before, "the device that is not an 82576 was closed again");
-    if (modes.length === 0) return;
+  },
+);
+
+test(
+  "igb: frames and copies out of range get a typed error before anything is sent",
+  {
+    ...SLOW,
+    skip: skip || (modes.length === 0 && "no backend here can do DMA for the ports (legacy no-IOMMU)"),
+  },
+  async () => {
     await using a = await Igb.open(IGB0, { ...modes[0]!.options, loopback: true });
     await using b = await Igb.open(IGB1, modes[0]!.options);
     for (const frame of [new Uint8Array(MAX_FRAME + 1), new Uint8Array(MIN_FRAME - 1)]) {
